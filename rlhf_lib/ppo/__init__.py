@@ -1,0 +1,1 @@
+"""PPO: numerics (core), rollouts, KL control, checkpoints and the trainer loop."""

@@ -1,0 +1,258 @@
+"""PPO with a KL penalty against a frozen reference, read top to bottom in `step`:
+rollout -> reward -> KL-penalised rewards -> GAE -> clipped policy and value updates.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf_lib.callbacks import MetricsSink
+from rlhf_lib.config import PPOConfig
+from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
+from rlhf_lib.ppo.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from rlhf_lib.ppo.core import (
+    clipped_policy_loss,
+    clipped_value_loss,
+    compute_gae,
+    entropy_from_logits,
+    kl_penalised_rewards,
+    kl_per_token,
+    masked_mean,
+    masked_whiten,
+    response_mask_until_eos,
+)
+from rlhf_lib.ppo.kl_control import KLController
+from rlhf_lib.ppo.rollout import (
+    RewardFunction,
+    Rollout,
+    reference_logprobs,
+    response_logprobs_and_values,
+    sample_responses,
+)
+
+CHECKPOINTS_TO_KEEP = 2
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or inf appeared in scores, losses or advantages."""
+
+
+class PPOTrainer:
+    """Optimises a policy with a value head against a reward function, with KL to the reference.
+
+    With a LoRA policy the reference is the same base with adapters disabled (one copy of the
+    weights); otherwise a frozen copy of the policy at construction time is used.
+    """
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        model: AutoModelForCausalLMWithValueHead,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: list[str],
+        reward_fn: RewardFunction,
+        ref_model: PreTrainedModel | None = None,
+        metrics_sink: MetricsSink | None = None,
+    ) -> None:
+        if not prompts:
+            raise ValueError("PPO needs at least one prompt")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.reward_fn = reward_fn
+        self.metrics_sink = metrics_sink
+        self.output_dir = Path(config.output_dir)
+        set_seed(config.seed)
+        self.accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
+        if ref_model is None and not model.is_peft:
+            ref_model = copy.deepcopy(model.pretrained_model)
+        self.ref_model = ref_model.eval().requires_grad_(False).to(self.accelerator.device) if ref_model else None
+        model.eval()  # no dropout: old and new log-probs must come from the same function
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+        total_updates = config.total_steps * config.ppo_epochs * config.num_mini_batches
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: 1.0 - update / total_updates)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.kl_ctl = KLController(config.kl_coef, config.adaptive_kl_target, config.adaptive_kl_horizon)
+        self.generation_config = GenerationConfig(
+            do_sample=True,
+            temperature=config.temperature,
+            top_k=config.top_k or None,
+            top_p=config.top_p,
+            max_new_tokens=config.max_new_tokens,
+        )
+        self.global_step = 0
+
+    @property
+    def policy(self) -> AutoModelForCausalLMWithValueHead:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ---- data position -------------------------------------------------------------------------
+    def prompts_for_step(self, step: int) -> list[str]:
+        """The prompts of iteration `step`: a seeded permutation per pass, so resume needs only `step`."""
+        size, n = self.config.batch_size, len(self.prompts)
+        picked = []
+        for position in range(step * size, (step + 1) * size):
+            epoch, offset = divmod(position, n)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed + epoch))
+            picked.append(self.prompts[order[offset]])
+        return picked
+
+    # ---- one PPO iteration ---------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> Rollout:
+        cfg, tokenizer = self.config, self.tokenizer
+        input_ids, attention_mask, prompt_width = sample_responses(
+            self.policy, tokenizer, prompts, cfg.max_prompt_length, {"generation_config": self.generation_config}
+        )
+        responses = input_ids[:, prompt_width:]
+        width = responses.shape[1]
+        mask = response_mask_until_eos(responses, tokenizer.eos_token_id)
+        contains_eos = (responses == tokenizer.eos_token_id).any(1)
+        texts = tokenizer.batch_decode(
+            [row[: int(n)] for row, n in zip(responses, mask.sum(1), strict=True)], skip_special_tokens=True
+        )
+        scores = torch.tensor(self.reward_fn(prompts, texts), dtype=torch.float32, device=input_ids.device)
+        if scores.shape != (len(prompts),):
+            raise ValueError(f"reward function returned {tuple(scores.shape)} scores for {len(prompts)} responses")
+        self._check_finite("reward scores", scores)
+        if cfg.missing_eos_penalty is not None:
+            scores = scores - cfg.missing_eos_penalty * (~contains_eos).float()
+        logprobs, values, _ = response_logprobs_and_values(self.model, input_ids, attention_mask, width, cfg.temperature)
+        with self.accelerator.autocast():
+            ref_logprobs = reference_logprobs(
+                self.policy, self.ref_model, input_ids, attention_mask, width, cfg.temperature
+            )
+        return Rollout(
+            input_ids, attention_mask, mask, logprobs.float(), ref_logprobs.float(), values.float(), scores,
+            contains_eos, texts,
+        )
+
+    def step(self, prompts: list[str]) -> dict[str, float]:
+        """Sample, score and update once; returns this iteration's metrics."""
+        cfg = self.config
+        started = time.perf_counter()
+        batch = self.rollout(prompts)
+        mask = batch.mask
+        kl = kl_per_token(batch.logprobs, batch.ref_logprobs, cfg.kl_estimator) * mask
+        rewards = kl_penalised_rewards(batch.scores, kl, self.kl_ctl.value, mask)
+        if cfg.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = compute_gae(rewards, batch.values * mask, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask)
+        self._check_finite("advantages", advantages)
+
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.ppo_epochs):
+            for index in torch.randperm(len(prompts)).split(cfg.mini_batch_size):
+                for key, value in self._update(batch, index, advantages, returns).items():
+                    stats.setdefault(key, []).append(value)
+
+        sequence_kl = kl.sum(1).mean().item()
+        non_score_reward = (-self.kl_ctl.value * kl).sum(1).mean().item()
+        metrics = {f"{key}_avg": sum(values) / len(values) for key, values in stats.items()}
+        metrics |= {
+            "objective/kl": sequence_kl,
+            "objective/entropy": (-batch.logprobs * mask).sum(1).mean().item(),
+            "objective/non_score_reward": non_score_reward,
+            "objective/scores": batch.scores.mean().item(),
+            "objective/rlhf_reward": batch.scores.mean().item() + non_score_reward,
+            "objective/kl_coef": self.kl_ctl.value,
+            "val/num_eos_tokens": batch.contains_eos.sum().item(),
+            "response_length": mask.sum(1).float().mean().item(),
+            "lr": self.scheduler.get_last_lr()[0],
+            "eps": len(prompts) / (time.perf_counter() - started),
+        }
+        self.kl_ctl.update(sequence_kl, len(prompts))
+        return metrics
+
+    def _update(self, batch: Rollout, index: torch.Tensor, advantages, returns) -> dict[str, float]:
+        cfg, mask = self.config, batch.mask[index]
+        logprobs, values, logits = response_logprobs_and_values(
+            self.model, batch.input_ids[index], batch.attention_mask[index], batch.response_length, cfg.temperature
+        )
+        policy_loss, policy_stats = clipped_policy_loss(
+            logprobs.float(), batch.logprobs[index], advantages[index], mask, cfg.cliprange
+        )
+        value_loss, value_clipfrac = clipped_value_loss(
+            values.float(), batch.values[index], returns[index], mask, cfg.cliprange_value
+        )
+        loss = policy_loss + cfg.vf_coef * value_loss
+        self._check_finite("loss", loss)
+        self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {
+            "loss/policy": policy_loss.item(),
+            "loss/value": value_loss.item(),
+            "policy/approxkl": policy_stats["approxkl"].item(),
+            "policy/clipfrac": policy_stats["clipfrac"].item(),
+            "policy/entropy": masked_mean(entropy_from_logits(logits.detach()), mask).item(),
+            "val/clipfrac": value_clipfrac.item(),
+            "val/ratio": policy_stats["ratio"].item(),
+        }
+
+    def _check_finite(self, what: str, tensor: torch.Tensor) -> None:
+        if not torch.isfinite(tensor).all():
+            raise NonFiniteError(
+                f"non-finite {what} at PPO step {self.global_step + 1}; the last good checkpoint in "
+                f"{self.output_dir / 'checkpoints'} is left as it was"
+            )
+
+    # ---- loop, checkpoints, final save ---------------------------------------------------------
+    def train(self, resume: bool = True) -> list[dict[str, float]]:
+        """Run to `total_steps`, resuming from the newest checkpoint when `resume`; returns the history."""
+        if resume and (checkpoints := list_checkpoints(self.output_dir / "checkpoints")):
+            self.load_checkpoint(checkpoints[-1])
+        history = []
+        progress = tqdm(
+            total=self.config.total_steps, initial=self.global_step, desc="PPO", unit="step", dynamic_ncols=True
+        )
+        while self.global_step < self.config.total_steps:
+            metrics = self.step(self.prompts_for_step(self.global_step))
+            self.global_step += 1
+            history.append(metrics)
+            progress.update(1)
+            progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
+            if self.metrics_sink and self.global_step % self.config.logging_steps == 0:
+                self.metrics_sink({f"ppo/{k}": v for k, v in metrics.items() if math.isfinite(v)}, self.global_step)
+            if self.global_step % self.config.save_steps == 0 or self.global_step == self.config.total_steps:
+                self.save_checkpoint()
+        progress.close()
+        return history
+
+    def save_checkpoint(self) -> Path:
+        folder = self.output_dir / "checkpoints"
+        path = folder / f"checkpoint-{self.global_step}"
+        state = {"global_step": self.global_step, "kl_coef": self.kl_ctl.value, "num_prompts": len(self.prompts)}
+        save_checkpoint(path, self.policy, self.optimizer, self.scheduler, state)
+        prune_checkpoints(folder, CHECKPOINTS_TO_KEEP)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+        if state["num_prompts"] != len(self.prompts):
+            raise ValueError(
+                f"checkpoint {path} was made with {state['num_prompts']} prompts, this run has {len(self.prompts)}:"
+                " the data changed, so the run cannot resume where it stopped"
+            )
+        self.global_step = state["global_step"]
+        self.kl_ctl.value = state["kl_coef"]
+
+    def save_policy(self, path: str | Path) -> None:
+        """Save the trained policy as a standalone model (LoRA merged), value head and tokenizer."""
+        policy = self.policy
+        if policy.is_peft:
+            trunk = copy.deepcopy(policy.pretrained_model).merge_and_unload()
+            policy = AutoModelForCausalLMWithValueHead(trunk, policy.v_head)
+        policy.save_pretrained(path, tokenizer=self.tokenizer)

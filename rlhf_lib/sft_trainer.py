@@ -1,0 +1,56 @@
+"""Supervised fine-tuning on `transformers.Trainer`: full or LoRA, completion-only loss, packing."""
+
+from __future__ import annotations
+
+import datasets
+from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+from rlhf_lib.callbacks import MetricsSink
+from rlhf_lib.config import SFTConfig
+from rlhf_lib.data.formats import check_format, pack_blocks, tokenize_sft
+from rlhf_lib.hf_training import metric_callbacks, training_arguments
+
+
+def tokenize_sft_dataset(
+    rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, cfg: SFTConfig, data_format: str = "auto"
+) -> datasets.Dataset:
+    """Token ids and labels for every row; packed into full blocks of max_length when `cfg.packing`."""
+    fmt = check_format(rows.column_names, data_format)
+    tokenized = rows.map(
+        lambda example: tokenize_sft(example, fmt, tokenizer, cfg.max_length, cfg.completion_only_loss),
+        remove_columns=rows.column_names,
+        desc="tokenizing",
+    )
+    if cfg.packing:
+        tokenized = tokenized.map(
+            lambda batch: pack_blocks(batch, cfg.max_length), batched=True, batch_size=1000, desc="packing"
+        )
+    return tokenized
+
+
+class SFTTrainer(Trainer):
+    """`transformers.Trainer` fed from raw rows in any SFT format (text, prompt/completion, messages)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: SFTConfig,
+        train_rows: datasets.Dataset,
+        eval_rows: datasets.Dataset | None = None,
+        data_format: str = "auto",
+        metrics_sink: MetricsSink | None = None,
+    ) -> None:
+        train = tokenize_sft_dataset(train_rows, tokenizer, config, data_format)
+        if len(train) == 0:
+            raise ValueError("the SFT training set is empty after tokenisation (with packing: fewer tokens than max_length)")
+        evaluation = tokenize_sft_dataset(eval_rows, tokenizer, config, data_format) if eval_rows else None
+        super().__init__(
+            model=model,
+            args=training_arguments(config, has_eval=bool(evaluation)),
+            train_dataset=train,
+            eval_dataset=evaluation,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            processing_class=tokenizer,
+            callbacks=metric_callbacks(metrics_sink, "sft"),
+        )

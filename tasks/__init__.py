@@ -1,0 +1,1 @@
+"""Pipeline stages: one unit of work each, calling rlhf_lib."""

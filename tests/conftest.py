@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny models built from a config and saved with save_pretrained (real loading path)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rlhf_lib.models.tiny import save_tiny_causal_lm, save_tiny_reward_backbone  # noqa: E402
+
+CORPUS = [
+    "the movie was great and the acting was wonderful",
+    "a terrible film with a boring plot and bad acting",
+    "i loved this story , it was fun and moving",
+    "the worst movie i have seen , dull and awful",
+    "good good great fine nice happy bad sad poor",
+] * 4
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> str:
+    return str(save_tiny_causal_lm(tmp_path_factory.mktemp("tiny_lm"), CORPUS))
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory) -> str:
+    return str(save_tiny_reward_backbone(tmp_path_factory.mktemp("tiny_rm"), CORPUS))
