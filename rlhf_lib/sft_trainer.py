@@ -43,7 +43,9 @@ class SFTTrainer(Trainer):
     ) -> None:
         train = tokenize_sft_dataset(train_rows, tokenizer, config, data_format)
         if len(train) == 0:
-            raise ValueError("the SFT training set is empty after tokenisation (with packing: fewer tokens than max_length)")
+            raise ValueError(
+                "the SFT training set is empty after tokenisation (with packing: fewer tokens than max_length)"
+            )
         evaluation = tokenize_sft_dataset(eval_rows, tokenizer, config, data_format) if eval_rows else None
         super().__init__(
             model=model,

@@ -60,7 +60,9 @@ def load_rows(cfg: DataConfig) -> datasets.Dataset:
     return rows
 
 
-def split_train_eval(rows: datasets.Dataset, eval_fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+def split_train_eval(
+    rows: datasets.Dataset, eval_fraction: float, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Deterministic train/eval split: the same seed always holds out the same rows."""
     if eval_fraction == 0.0:
         return rows, rows.select([])

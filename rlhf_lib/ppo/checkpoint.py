@@ -36,9 +36,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer, scheduler, trainer_state: dict[str, Any]
-) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, trainer_state: dict[str, Any]) -> None:
     """Write a complete checkpoint folder atomically: a kill mid-write leaves no `checkpoint-N`."""
     np_state = np.random.get_state()
     rng = {

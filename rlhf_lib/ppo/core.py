@@ -71,9 +71,7 @@ def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: 
     raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1' or 'k3'")
 
 
-def kl_penalised_rewards(
-    scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor
-) -> torch.Tensor:
+def kl_penalised_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
     """Per-token rewards: -kl_coef * KL on every response token, plus the score on the last one."""
     rewards = -kl_coef * kl * mask
     last = (mask.sum(1) - 1).clamp(min=0).long()

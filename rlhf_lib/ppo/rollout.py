@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
-from rlhf_lib.ppo.core import logprobs_of_labels, response_mask_until_eos
+from rlhf_lib.ppo.core import logprobs_of_labels
 
 RewardFunction = Callable[[list[str], list[str]], list[float]]
 """f(prompts, responses) -> one score per response."""
@@ -48,9 +48,9 @@ def sample_responses(
     """Generate with the KV cache; returns (prompt+response ids, attention mask, prompt width)."""
     device = next(model.parameters()).device
     tokenizer.truncation_side = "left"  # keep the end of a long prompt, next to the response
-    encoded = tokenizer(
-        prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length
-    ).to(device)
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length).to(
+        device
+    )
     output = model.generate(
         **encoded,
         pad_token_id=tokenizer.pad_token_id,
@@ -93,13 +93,19 @@ def reference_logprobs(
     if ref_model is None:
         with policy.reference_mode():
             logits = policy.pretrained_model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                logits_to_keep=response_width + 1, use_cache=False,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=response_width + 1,
+                use_cache=False,
             ).logits
     else:
         logits = ref_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            logits_to_keep=response_width + 1, use_cache=False,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=response_width + 1,
+            use_cache=False,
         ).logits
     return logprobs_of_labels(logits[:, :-1] / temperature, input_ids[:, -response_width:])
 
@@ -123,8 +129,12 @@ class RewardModelScorer:
         for start in range(0, len(texts), self.batch_size):
             # Right padding: sequence classifiers pool the last non-pad token.
             encoded = self.tokenizer(
-                texts[start : start + self.batch_size], return_tensors="pt", padding=True, truncation=True,
-                max_length=self.max_length, padding_side="right",
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                padding_side="right",
             ).to(device)
             scores.extend(self.model(**encoded).logits[:, 0].float().tolist())
         return scores

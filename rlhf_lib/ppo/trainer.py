@@ -126,14 +126,23 @@ class PPOTrainer:
         self._check_finite("reward scores", scores)
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~contains_eos).float()
-        logprobs, values, _ = response_logprobs_and_values(self.model, input_ids, attention_mask, width, cfg.temperature)
+        logprobs, values, _ = response_logprobs_and_values(
+            self.model, input_ids, attention_mask, width, cfg.temperature
+        )
         with self.accelerator.autocast():
             ref_logprobs = reference_logprobs(
                 self.policy, self.ref_model, input_ids, attention_mask, width, cfg.temperature
             )
         return Rollout(
-            input_ids, attention_mask, mask, logprobs.float(), ref_logprobs.float(), values.float(), scores,
-            contains_eos, texts,
+            input_ids,
+            attention_mask,
+            mask,
+            logprobs.float(),
+            ref_logprobs.float(),
+            values.float(),
+            scores,
+            contains_eos,
+            texts,
         )
 
     def step(self, prompts: list[str]) -> dict[str, float]:

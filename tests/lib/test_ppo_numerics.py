@@ -101,7 +101,9 @@ def test_gae_matches_a_plain_reverse_loop_per_sequence(gamma, lam):
         expected = _gae_reference(rewards[b].tolist(), values[b].tolist(), n, gamma, lam)
         assert advantages[b, :n].tolist() == pytest.approx(expected, abs=1e-5)
         assert advantages[b, n:].abs().sum() == 0  # padding gets nothing
-        assert returns[b, :n].tolist() == pytest.approx([a + v for a, v in zip(expected, values[b, :n].tolist())], abs=1e-5)
+        assert returns[b, :n].tolist() == pytest.approx(
+            [a + v for a, v in zip(expected, values[b, :n].tolist())], abs=1e-5
+        )
 
 
 def test_masked_whiten_ignores_padding():

@@ -1,0 +1,143 @@
+"""PPO behaviour on a tiny model: learning, bounded KL, reward models, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_lib.config import LoraSettings, ModelConfig, PPOConfig
+from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_tokenizer
+from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
+from rlhf_lib.ppo.checkpoint import list_checkpoints
+from rlhf_lib.ppo.rollout import RewardModelScorer
+from rlhf_lib.ppo.trainer import NonFiniteError, PPOTrainer
+
+PROMPTS = ["the movie was", "i loved this", "a terrible film", "the worst movie", "the acting", "this story"]
+
+
+def _target_share_reward(tokenizer, words=(" great", " good", " fun", " nice", " happy", " wonderful", " loved")):
+    """reward = share of response tokens that are one of the target words' tokens."""
+    targets = set()
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1, f"{word!r} must be a single token"
+        targets.add(ids[0])
+
+    def reward(prompts: list[str], responses: list[str]) -> list[float]:
+        shares = []
+        for response in responses:
+            ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+            shares.append(sum(token in targets for token in ids) / max(len(ids), 1))
+        return shares
+
+    return reward
+
+
+def _trainer(model_dir, out_dir, lora=None, **overrides) -> PPOTrainer:
+    cfg = ModelConfig(name_or_path=model_dir, lora=lora)
+    tokenizer = load_tokenizer(cfg)
+    model = AutoModelForCausalLMWithValueHead(load_causal_lm(cfg))
+    settings = dict(
+        output_dir=str(out_dir),
+        batch_size=12,
+        num_mini_batches=2,
+        ppo_epochs=2,
+        total_steps=4,
+        max_new_tokens=8,
+        learning_rate=3e-3,
+        kl_coef=0.05,
+        save_steps=100,
+        seed=0,
+    )
+    ppo = PPOConfig(**(settings | overrides))
+    return PPOTrainer(ppo, model, tokenizer, PROMPTS, _target_share_reward(tokenizer))
+
+
+@pytest.mark.parametrize("lora", [None, LoraSettings(r=8, alpha=32)], ids=["full", "lora"])
+def test_ppo_raises_the_reward_with_finite_bounded_kl(tiny_lm_dir, tmp_path, lora):
+    # Measured on the tiny model: full 0.03 -> 0.4 in 40 steps; LoRA on a random base plateaus near 0.08.
+    trainer = _trainer(
+        tiny_lm_dir,
+        tmp_path,
+        lora=lora,
+        total_steps=40 if lora is None else 60,
+        learning_rate=3e-3 if lora is None else 5e-2,
+        kl_estimator="k3",
+    )
+    history = trainer.train()
+    first = sum(m["objective/scores"] for m in history[:10]) / 10
+    last = sum(m["objective/scores"] for m in history[-10:]) / 10
+    assert last > 2 * first and last > first + (0.2 if lora is None else 0.025), (first, last)
+    kls = [m["objective/kl"] for m in history]
+    assert all(torch.isfinite(torch.tensor(kls))) and max(kls) < 50
+    for key in (
+        "objective/entropy",
+        "objective/rlhf_reward",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/ratio_avg",
+        "eps",
+        "response_length",
+    ):
+        assert key in history[-1]
+    trainer.save_policy(tmp_path / "policy")
+    reloaded = load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "policy")))
+    assert not hasattr(reloaded, "peft_config")
+
+
+def test_reward_model_with_its_own_tokenizer_scores_decoded_text(tiny_lm_dir, tiny_rm_dir, tmp_path):
+    rm_cfg = ModelConfig(name_or_path=tiny_rm_dir)
+    scorer = RewardModelScorer(load_sequence_scorer(rm_cfg), load_tokenizer(rm_cfg, padding_side="right"))
+    scores = scorer(["the movie was", "a"], [" great", " terrible film with a boring plot"])
+    alone = scorer(["a"], [" terrible film with a boring plot"])
+    assert len(scores) == 2 and scores[1] == pytest.approx(alone[0], abs=1e-5)  # padding does not leak in
+    trainer = _trainer(tiny_lm_dir, tmp_path, total_steps=1)
+    trainer.reward_fn = scorer
+    metrics = trainer.step(trainer.prompts_for_step(0))
+    assert torch.isfinite(torch.tensor(metrics["objective/scores"]))
+
+
+def test_resume_continues_the_step_count_and_gives_the_same_next_update(tiny_lm_dir, tmp_path):
+    straight = _trainer(tiny_lm_dir, tmp_path / "a", total_steps=3, save_steps=2)
+    history = straight.train()
+    assert [p.name for p in list_checkpoints(tmp_path / "a" / "checkpoints")] == ["checkpoint-2", "checkpoint-3"]
+
+    resumed = _trainer(tiny_lm_dir, tmp_path / "b", total_steps=3, save_steps=2)
+    # put checkpoint-2 of the first run where the second looks, as a crashed run would have left it
+    import shutil
+
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "checkpoint-2", tmp_path / "b" / "checkpoints" / "checkpoint-2")
+    resumed_history = resumed.train()
+    assert resumed.global_step == 3 and len(resumed_history) == 1  # only step 3 ran
+    assert resumed_history[0]["objective/scores"] == pytest.approx(history[2]["objective/scores"])
+    assert resumed_history[0]["loss/policy_avg"] == pytest.approx(history[2]["loss/policy_avg"], abs=1e-6)
+    for (name, a), (_, b) in zip(straight.policy.named_parameters(), resumed.policy.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_checkpoints_keep_the_last_two_and_hold_every_part(tiny_lm_dir, tmp_path):
+    trainer = _trainer(tiny_lm_dir, tmp_path, lora=LoraSettings(r=4), total_steps=3, save_steps=1)
+    trainer.train()
+    kept = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in kept] == ["checkpoint-2", "checkpoint-3"]
+    files = {p.name for p in kept[-1].iterdir()}
+    assert files == {"trainable.safetensors", "optimizer.pt", "trainer_state.json"}
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_non_finite_reward_stops_with_the_step_named(tiny_lm_dir, tmp_path):
+    trainer = _trainer(tiny_lm_dir, tmp_path, total_steps=2)
+    trainer.reward_fn = lambda prompts, responses: [float("nan")] * len(prompts)
+    with pytest.raises(NonFiniteError, match="step 1"):
+        trainer.train()
+
+
+def test_data_position_is_a_seeded_permutation_per_pass(tiny_lm_dir, tmp_path):
+    trainer = _trainer(tiny_lm_dir, tmp_path, batch_size=4, num_mini_batches=1)
+    first_pass = trainer.prompts_for_step(0) + trainer.prompts_for_step(1)[:2]
+    assert sorted(first_pass) == sorted(PROMPTS)
+    assert trainer.prompts_for_step(1) == _trainer(
+        tiny_lm_dir, tmp_path, batch_size=4, num_mini_batches=1
+    ).prompts_for_step(1)
