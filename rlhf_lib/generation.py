@@ -1,0 +1,64 @@
+"""Batched sampling for evaluation, with a progress bar, and KL of samples to a reference model."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig as HFGenerationConfig
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf_lib.config import GenerationConfig
+from rlhf_lib.ppo.core import logprobs_of_labels, response_mask_until_eos
+
+
+@torch.inference_mode()
+def generate_responses(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], cfg: GenerationConfig
+) -> tuple[list[str], list[torch.Tensor]]:
+    """Sample one response per prompt; returns decoded texts and the token ids up to the first EOS."""
+    torch.manual_seed(cfg.seed)
+    device = next(model.parameters()).device
+    sampling = HFGenerationConfig(
+        do_sample=cfg.temperature > 0,
+        temperature=cfg.temperature or None,
+        top_p=cfg.top_p if cfg.temperature > 0 else None,
+        max_new_tokens=cfg.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    texts, token_ids = [], []
+    for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", unit="batch"):
+        batch = tokenizer(prompts[start : start + cfg.batch_size], return_tensors="pt", padding=True).to(device)
+        output = model.generate(**batch, generation_config=sampling)
+        responses = output[:, batch["input_ids"].shape[1] :]
+        lengths = response_mask_until_eos(responses, tokenizer.eos_token_id).sum(1)
+        for row, n in zip(responses, lengths, strict=True):
+            token_ids.append(row[: int(n)].cpu())
+        texts.extend(tokenizer.batch_decode(token_ids[-len(responses) :], skip_special_tokens=True))
+    return texts, token_ids
+
+
+@torch.inference_mode()
+def sequence_kl(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    responses: list[torch.Tensor],
+) -> list[float]:
+    """Per-sample KL estimate sum_t log p(y_t) - log p_ref(y_t) over each policy sample (k1, unbiased)."""
+    device = next(policy.parameters()).device
+    kls = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        if len(response) == 0:
+            kls.append(0.0)
+            continue
+        prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
+        ids = torch.cat([prompt_ids, response]).unsqueeze(0).to(device)
+        width = len(response)
+        logp = [
+            logprobs_of_labels(m(input_ids=ids, logits_to_keep=width + 1).logits[:, :-1], ids[:, -width:])
+            for m in (policy, reference)
+        ]
+        kls.append((logp[0] - logp[1]).sum().item())
+    return kls

@@ -1,0 +1,130 @@
+"""`rlhf`: run one pipeline stage (`rlhf stage ppo`) or the whole offline demo (`rlhf demo`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+STAGES = ["prepare", "validate", "sft", "reward", "ppo", "evaluate"]
+
+
+def _run_prepare(params, sink=None) -> dict[str, float]:
+    from tasks.params import DATA_DIR
+    from tasks.prepare import prepare_datasets
+
+    counts = prepare_datasets(params.prepare, DATA_DIR)
+    return {f"prepare/{Path(name).stem}_rows": float(count) for name, count in counts.items()}
+
+
+def _run_validate(params, sink=None) -> dict[str, float]:
+    from tasks.params import DATA_DIR, REPORTS_DIR
+    from tasks.validate import require_valid
+
+    report = require_valid(DATA_DIR, params.validate_data, REPORTS_DIR / "validation.json")
+    return {"validate/success": float(report.success)}
+
+
+def _stage_function(name: str):
+    if name == "prepare":
+        return _run_prepare
+    if name == "validate":
+        return _run_validate
+    return importlib.import_module(f"tasks.{name}").run
+
+
+def run_stage(name: str, params_path: Path, tracking: bool) -> dict[str, float]:
+    """Validate all params, run one stage (inside its MLflow run), write metrics/<stage>.json."""
+    from rlhf_lib.io import atomic_write_json
+    from tasks.params import METRICS_DIR, load_params
+
+    params = load_params(params_path)  # every key checked before any model loads
+    function = _stage_function(name)
+    started = time.perf_counter()
+    if tracking:
+        from tasks.tracking import stage_run
+
+        with stage_run(name, params.tracking.experiment, params_path, params.model_dump(by_alias=True)) as sink:
+            metrics = function(params, sink)
+            metrics[f"{name}/wall_seconds"] = time.perf_counter() - started
+            sink(metrics, 0)
+    else:
+        metrics = function(params)
+        metrics[f"{name}/wall_seconds"] = time.perf_counter() - started
+    atomic_write_json(METRICS_DIR / f"{name}.json", metrics)
+    return metrics
+
+
+def run_demo(params_path: Path, tracking: bool) -> None:
+    """Each stage in its own process (memory is returned between stages), then a summary."""
+    started = time.perf_counter()
+    for name in STAGES:
+        print(f"\n=== stage {name} ===", flush=True)
+        command = [sys.executable, "-m", "tasks.cli", "stage", name, "--params", str(params_path)]
+        if not tracking:
+            command.append("--no-tracking")
+        if subprocess.run(command, check=False).returncode != 0:
+            raise SystemExit(f"stage {name} failed; the stages before it kept their outputs")
+    print_summary(time.perf_counter() - started)
+
+
+def print_summary(wall_seconds: float) -> None:
+    metrics = json.loads(Path("metrics/evaluate.json").read_text())
+    reward = json.loads(Path("metrics/reward.json").read_text())
+    rows = [
+        ("reward-model score (proxy)", "reward_model_score"),
+        ("VADER judge (held out)", "judge_vader"),
+        ("response words", "response_words"),
+        ("distinct-2", "distinct_2"),
+    ]
+    print(f"\nPipeline finished in {wall_seconds / 60:.1f} min.  Reward model held-out accuracy: "
+          f"{reward['reward/eval_accuracy']:.3f}\n")
+    print(f"{'metric':32s}{'SFT':>10s}{'PPO':>10s}")
+    for label, key in rows:
+        print(f"{label:32s}{metrics[f'eval/sft_{key}']:10.3f}{metrics[f'eval/ppo_{key}']:10.3f}")
+    print(f"{'judge win rate of PPO over SFT':32s}{metrics['eval/judge_win_rate_ppo']:20.3f}")
+    print(f"{'KL(PPO || SFT) per response':32s}{metrics['eval/kl_ppo_to_sft']:20.3f}")
+    print("\nSamples: reports/samples.json   Metrics: metrics/*.json")
+    print("MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (then open :5000)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    parser = argparse.ArgumentParser(prog="rlhf", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    stage = sub.add_parser("stage", help="run one pipeline stage")
+    stage.add_argument("name", choices=STAGES)
+    demo = sub.add_parser("demo", help="run every stage on the offline default and print SFT vs PPO")
+    for command in (stage, demo):
+        command.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (params.yaml)")
+        command.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    args = parser.parse_args(argv)
+    from rlhf_lib.config import ConfigError
+
+    try:
+        if args.command == "stage":
+            metrics = run_stage(args.name, args.params, tracking=not args.no_tracking)
+            print(json.dumps(metrics, indent=2))
+        else:
+            run_demo(args.params, tracking=not args.no_tracking)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Stage `evaluate`: SFT vs PPO on held-out prompts; writes metrics/eval.json and reports/samples.json.
+
+Scores: the reward model (the proxy PPO optimised) and VADER, a rule-based sentiment judge that
+PPO never saw, so a gain there is not just reward hacking of the proxy.
+"""
+
+from __future__ import annotations
+
+from statistics import mean
+
+from rlhf_lib.config import DataConfig, ModelConfig
+from rlhf_lib.data.formats import prompt_text
+from rlhf_lib.data.sources import load_rows
+from rlhf_lib.generation import generate_responses, sequence_kl
+from rlhf_lib.io import atomic_write_json
+from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_tokenizer
+from rlhf_lib.ppo.rollout import RewardModelScorer
+from tasks.params import DATA_DIR, MODELS_DIR, REPORTS_DIR, PipelineParams
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Share of unique word n-grams among all n-grams (diversity; 1.0 = no repetition)."""
+    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def vader_scores(texts: list[str]) -> list[float]:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    return [analyzer.polarity_scores(text)["compound"] for text in texts]
+
+
+def run(params: PipelineParams, sink=None) -> dict[str, float]:
+    cfg = params.evaluate
+    sft_cfg, ppo_cfg = ModelConfig(name_or_path=str(MODELS_DIR / "sft")), ModelConfig(name_or_path=str(MODELS_DIR / "ppo"))
+    tokenizer = load_tokenizer(sft_cfg)
+    rows = load_rows(DataConfig(source=str(DATA_DIR / "eval_prompts.jsonl")))
+    prompts = [prompt_text(row, tokenizer) for row in rows.select(range(min(cfg.num_prompts, len(rows))))]
+    sft_model, ppo_model = load_causal_lm(sft_cfg).eval(), load_causal_lm(ppo_cfg).eval()
+    sft_texts, _ = generate_responses(sft_model, tokenizer, prompts, cfg.generation)
+    ppo_texts, ppo_ids = generate_responses(ppo_model, tokenizer, prompts, cfg.generation)
+    kl = sequence_kl(ppo_model, sft_model, tokenizer, prompts, ppo_ids)
+
+    reward_cfg = ModelConfig(name_or_path=str(MODELS_DIR / "reward"))
+    scorer = RewardModelScorer(load_sequence_scorer(reward_cfg), load_tokenizer(reward_cfg, padding_side="right"))
+    proxy = {name: scorer(prompts, texts) for name, texts in (("sft", sft_texts), ("ppo", ppo_texts))}
+    judge = {name: vader_scores([p + t for p, t in zip(prompts, texts, strict=True)])
+             for name, texts in (("sft", sft_texts), ("ppo", ppo_texts))}
+    wins = [p > s for p, s in zip(judge["ppo"], judge["sft"], strict=True)]
+    ties = [p == s for p, s in zip(judge["ppo"], judge["sft"], strict=True)]
+    metrics = {"eval/kl_ppo_to_sft": mean(kl), "eval/judge_win_rate_ppo": (sum(wins) + 0.5 * sum(ties)) / len(wins)}
+    for name, texts in (("sft", sft_texts), ("ppo", ppo_texts)):
+        metrics |= {
+            f"eval/{name}_reward_model_score": mean(proxy[name]),
+            f"eval/{name}_judge_vader": mean(judge[name]),
+            f"eval/{name}_response_words": mean(len(t.split()) for t in texts),
+            f"eval/{name}_distinct_2": distinct_n(texts, 2),
+        }
+    samples = [
+        {"prompt": p, "sft": s, "ppo": q, "judge_sft": js, "judge_ppo": jp}
+        for p, s, q, js, jp in zip(prompts, sft_texts, ppo_texts, judge["sft"], judge["ppo"], strict=True)
+    ]
+    atomic_write_json(REPORTS_DIR / "samples.json", samples)
+    return metrics

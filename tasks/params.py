@@ -1,0 +1,122 @@
+"""`params.yaml`: every knob of the pipeline, validated as a whole before any stage does work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlhf_lib.config import (
+    ConfigError,
+    GenerationConfig,
+    ModelConfig,
+    PPOConfig,
+    RewardConfig,
+    SFTConfig,
+    build_config,
+    load_yaml,
+)
+from tasks.expectations import ValidateConfig
+from tasks.prepare import PrepareConfig
+
+# Stage outputs live at fixed places so dvc.yaml can name them; params.yaml must not move them.
+DATA_DIR = Path("data/prepared")
+MODELS_DIR = Path("models")
+CHECKPOINTS_DIR = Path("checkpoints")
+METRICS_DIR = Path("metrics")
+REPORTS_DIR = Path("reports")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class EvaluateConfig(_Section):
+    """Held-out comparison of the SFT and PPO policies."""
+
+    num_prompts: int = Field(64, gt=0)
+    """Evaluation prompts to use (from data/prepared/eval_prompts.jsonl)."""
+    generation: GenerationConfig = GenerationConfig()
+    """Sampling settings shared by both policies."""
+    kl_budget: float = Field(10.0, gt=0.0)
+    """A PPO policy whose mean KL to the SFT reference exceeds this is never promoted to champion."""
+
+
+class TrackingConfig(_Section):
+    """MLflow experiment and registry names."""
+
+    experiment: str = "rlhf-pipeline"
+    """MLflow experiment of the pipeline runs."""
+    policy_model_name: str = "rlhf-policy"
+    """Registered model name of the PPO policy."""
+    reward_model_name: str = "rlhf-reward-model"
+    """Registered model name of the reward model."""
+    log_models: bool = True
+    """Log trained models as MLflow artifacts (turn off for quick experiments)."""
+
+
+class PipelineParams(_Section):
+    """The whole of params.yaml."""
+
+    seed: int = 0
+    """Global seed; stages derive theirs from it unless their section sets one."""
+    prepare: PrepareConfig = PrepareConfig()
+    """Building the datasets from labelled reviews."""
+    validate_data: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    """Great Expectations bounds for every dataset."""
+    policy: ModelConfig
+    """Base policy model (its tokenizer is the policy's)."""
+    reward_model: ModelConfig
+    """Backbone of the reward model (may have its own tokenizer)."""
+    sft: dict[str, Any] = {}
+    """SFTConfig fields except output_dir (see rlhf_lib.config.SFTConfig)."""
+    reward: dict[str, Any] = {}
+    """RewardConfig fields except output_dir."""
+    ppo: dict[str, Any] = {}
+    """PPOConfig fields except output_dir."""
+    evaluate: EvaluateConfig = EvaluateConfig()
+    """Evaluation settings."""
+    tracking: TrackingConfig = TrackingConfig()
+    """MLflow settings."""
+
+    def sft_config(self) -> SFTConfig:
+        return _with_output(SFTConfig, self.sft, "sft")
+
+    def reward_config(self) -> RewardConfig:
+        return _with_output(RewardConfig, self.reward, "reward")
+
+    def ppo_config(self) -> PPOConfig:
+        return _with_output(PPOConfig, self.ppo, "ppo")
+
+
+def _with_output(cls, section: dict[str, Any], name: str):
+    if "output_dir" in section:
+        raise ConfigError(f"{name}.output_dir: set by the pipeline ({CHECKPOINTS_DIR / name}); remove it")
+    return build_config(cls, {**section, "output_dir": str(CHECKPOINTS_DIR / name)}, name)
+
+
+def checkpoint_dir(stage: str, settings: Any, inputs: list[Path]) -> Path:
+    """Checkpoints of one stage for one set of settings and inputs.
+
+    A rerun with the same settings and inputs resumes; a changed param or dataset starts afresh
+    instead of resuming someone else's run. Files are hashed by content, folders by their
+    files' names, sizes and mtimes (hashing 500 MB of weights would cost seconds per stage).
+    """
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in inputs:
+        if path.is_file():
+            digest.update(path.read_bytes())
+        for file in sorted(path.rglob("*")) if path.is_dir() else []:
+            stat = file.stat()
+            digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return CHECKPOINTS_DIR / stage / digest.hexdigest()[:12]
+
+
+def load_params(path: str | Path = "params.yaml") -> PipelineParams:
+    """Read and validate params.yaml, including every trainer section, naming any bad key."""
+    params = build_config(PipelineParams, load_yaml(path), "")
+    params.sft_config(), params.reward_config(), params.ppo_config()
+    return params

@@ -1,0 +1,236 @@
+"""Validate stage: check the prepared JSON-lines files with Great Expectations and report what failed.
+
+Each file is first read by hand, line by line, because problems below the table level (no bytes, bytes that
+are not UTF-8, lines that are not JSON objects, values of the wrong JSON type) would otherwise crash the
+reader or be silently coerced by pandas. Those become failed checks with the line numbers; the rows that
+parse cleanly then go through the file's suite (see tasks/expectations.py) in an ephemeral GX context.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rlhf_lib.io import atomic_write_json
+from tasks.expectations import FILE_SPECS, LABEL, FileSpec, ValidateConfig, build_suite, json_type_ok
+
+SAMPLES = 5
+"""Offending values or rows kept per failed check."""
+
+
+@dataclass
+class FailedCheck:
+    """One expectation that did not hold for one file."""
+
+    expectation: str
+    column: str | None
+    unexpected_count: int
+    samples: list[Any]
+    """Up to SAMPLES offending values, each with the (1-based) line it came from where there is one."""
+
+
+@dataclass
+class FileReport:
+    rows: int = 0
+    """Rows that parsed and went through the GX suite."""
+    expectations: int = 0
+    """GX expectations evaluated (0 when the file could not be read)."""
+    failed: list[FailedCheck] = field(default_factory=list)
+
+
+@dataclass
+class ValidationReport:
+    files: dict[str, FileReport]
+
+    @property
+    def success(self) -> bool:
+        return not any(report.failed for report in self.files.values())
+
+    def failures(self) -> list[tuple[str, FailedCheck]]:
+        return [(name, check) for name, report in self.files.items() for check in report.failed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"success": self.success, "files": {name: asdict(report) for name, report in self.files.items()}}
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"# Data validation: {'passed' if self.success else 'FAILED'}",
+            "",
+            "| file | rows | expectations | failed |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [f"| {name} | {r.rows} | {r.expectations} | {len(r.failed)} |" for name, r in self.files.items()]
+        for name, check in self.failures():
+            column = f" on `{check.column}`" if check.column else ""
+            samples = "; ".join(f"`{json.dumps(sample)[:120]}`" for sample in check.samples)
+            lines.append(f"- **{name}**: `{check.expectation}`{column}, {check.unexpected_count} unexpected: {samples}")
+        return "\n".join(lines) + "\n"
+
+
+class DataValidationError(ValueError):
+    """Prepared data failed validation; `report` holds every failed check."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        self.report = report
+        problems = [
+            f"{name}: {check.expectation}" + (f" ({check.column})" if check.column else "")
+            for name, check in report.failures()
+        ]
+        super().__init__("data validation failed:\n  " + "\n  ".join(problems))
+
+
+def validate_datasets(data_dir: Path, cfg: ValidateConfig) -> ValidationReport:
+    """Read every prepared file in `data_dir` and run its expectation suite; never raises on bad data."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    frames: dict[str, pd.DataFrame | None] = {}
+    files: dict[str, FileReport] = {}
+    for name, spec in FILE_SPECS.items():
+        frames[name], failed = read_jsonl(Path(data_dir) / name, spec)
+        files[name] = FileReport(failed=failed)
+
+    context = gx.get_context(mode="ephemeral")
+    # Otherwise every validation draws a tqdm bar per metric into the stage's log.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    datasource = context.data_sources.add_pandas("prepared")
+    for name, spec in FILE_SPECS.items():
+        frame = frames[name]
+        if frame is None:
+            continue
+        other = frames.get(spec.disjoint_from) if spec.disjoint_from else None
+        column = spec.unique[0]
+        forbidden = other[column].dropna().tolist() if other is not None and column in other else []
+        suite = context.suites.add(build_suite(name, spec, cfg, forbidden))
+        batch = (
+            datasource.add_dataframe_asset(name)
+            .add_batch_definition_whole_dataframe("whole")
+            .get_batch(batch_parameters={"dataframe": frame})
+        )
+        result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLES})
+        files[name].rows = len(frame)
+        files[name].expectations = len(result.results)
+        files[name].failed += _gx_failures(result.results, set(frame.columns))
+    return ValidationReport(files)
+
+
+def require_valid(data_dir: Path, cfg: ValidateConfig, report_path: Path | None = None) -> ValidationReport:
+    """Validate, write the report JSON to `report_path` (pass or fail), and raise DataValidationError on failure."""
+    report = validate_datasets(data_dir, cfg)
+    if report_path is not None:
+        atomic_write_json(report_path, report.to_dict())
+    if not report.success:
+        raise DataValidationError(report)
+    return report
+
+
+def read_jsonl(path: Path, spec: FileSpec) -> tuple[pd.DataFrame | None, list[FailedCheck]]:
+    """Parse a JSON-lines file into a frame indexed by line number, plus the checks that failed while reading.
+
+    Lines that are not UTF-8, not a JSON object, or hold a value of the wrong type for a spec column are
+    reported and left out of the frame; the frame is None when no line parsed.
+    """
+    if not path.is_file():
+        return None, [FailedCheck("expect_file_to_exist", None, 1, [str(path)])]
+    raw = path.read_bytes()
+    if not raw.strip():
+        return None, [FailedCheck("expect_file_to_be_non_empty", None, 1, [{"bytes": len(raw)}])]
+
+    records: list[dict[str, Any]] = []
+    line_numbers: list[int] = []
+    not_utf8: list[dict[str, Any]] = []
+    not_json: list[dict[str, Any]] = []
+    wrong_type: dict[str, list[dict[str, Any]]] = {column: [] for column in spec.columns}
+    offset = 0
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        start, offset = offset, offset + len(line) + 1
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad = line[err.start : err.end].hex()
+            not_utf8.append({"line": number, "byte_offset": start + err.start, "bytes": bad})
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            not_json.append({"line": number, "error": f"{err.msg} at column {err.colno}", "text": text[:80]})
+            continue
+        if not isinstance(record, dict):
+            not_json.append(
+                {"line": number, "error": f"a JSON {type(record).__name__}, not an object", "text": text[:80]}
+            )
+            continue
+        # Nulls are left to GX's not-null expectation, which reports them with the other column checks.
+        wrong = [
+            c for c, role in spec.columns.items() if record.get(c) is not None and not json_type_ok(record[c], role)
+        ]
+        for column in wrong:
+            wrong_type[column].append({"line": number, "value": record[column]})
+        if not wrong:
+            records.append(record)
+            line_numbers.append(number)
+
+    failed = []
+    if not_utf8:
+        failed.append(FailedCheck("expect_file_to_be_utf8", None, len(not_utf8), not_utf8[:SAMPLES]))
+    if not_json:
+        failed.append(FailedCheck("expect_lines_to_be_json_objects", None, len(not_json), not_json[:SAMPLES]))
+    for column, bad in wrong_type.items():
+        if bad:
+            name = "expect_column_values_to_be_json_" + ("integer" if spec.columns[column] == LABEL else "string")
+            failed.append(FailedCheck(name, column, len(bad), bad[:SAMPLES]))
+    frame = pd.DataFrame.from_records(records, index=line_numbers) if records else None
+    return frame, failed
+
+
+def _gx_failures(results: list[Any], columns: set[str]) -> list[FailedCheck]:
+    """Turn failed GX expectation results into FailedChecks with line-numbered samples."""
+    failed = []
+    for outcome in results:
+        if outcome.success:
+            continue
+        config = outcome.expectation_config
+        needed = [config.kwargs["column"]] if "column" in config.kwargs else list(config.kwargs.get("column_list", []))
+        # A missing column is reported once, by expect_column_to_exist; the checks on it only add GX exceptions.
+        if config.type != "expect_column_to_exist" and not set(needed) <= columns:
+            continue
+        result = _plain(outcome.to_json_dict()["result"])
+        error = _exception_message(outcome.exception_info)
+        if error:
+            count, samples = 1, [{"exception": error}]
+        elif "partial_unexpected_index_list" in result:
+            count = result["unexpected_count"]
+            pairs = zip(result["partial_unexpected_index_list"], result["partial_unexpected_list"], strict=False)
+            samples = [{"line": line, "value": value} for line, value in pairs]
+        elif "details" in result:  # column-set mismatch: which columns are missing or unexpected
+            mismatch = result["details"]["mismatched"]
+            count, samples = sum(len(names) for names in mismatch.values()), [mismatch]
+        else:  # expect_column_to_exist reports no result: show the columns that were there
+            count, samples = 1, [{"columns_found": sorted(columns)}]
+        failed.append(FailedCheck(config.type, ",".join(needed) or None, count, samples[:SAMPLES]))
+    return failed
+
+
+def _exception_message(info: dict[str, Any]) -> str | None:
+    # GX gives either one flat record or one record per failed metric, keyed by the metric's id.
+    records = [info] if "raised_exception" in info else list(info.values())
+    messages = [str(record.get("exception_message")) for record in records if record.get("raised_exception")]
+    return "; ".join(messages) or None
+
+
+def _plain(value: Any) -> Any:
+    """Replace NaN (pandas' stand-in for a key missing from a row) by None, so the report stays valid JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
