@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.core import logprobs_of_labels
@@ -43,7 +43,7 @@ def sample_responses(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     max_prompt_length: int,
-    generation_kwargs: dict,
+    generation_config: GenerationConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Generate with the KV cache; returns (prompt+response ids, attention mask, prompt width)."""
     device = next(model.parameters()).device
@@ -51,12 +51,7 @@ def sample_responses(
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length).to(
         device
     )
-    output = model.generate(
-        **encoded,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **generation_kwargs,
-    )
+    output = model.generate(**encoded, generation_config=generation_config)
     prompt_width = encoded["input_ids"].shape[1]
     response_width = output.shape[1] - prompt_width
     attention_mask = torch.cat(

@@ -88,6 +88,8 @@ class PPOTrainer:
             top_k=config.top_k or None,
             top_p=config.top_p,
             max_new_tokens=config.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
         self.global_step = 0
 
@@ -111,7 +113,7 @@ class PPOTrainer:
     def rollout(self, prompts: list[str]) -> Rollout:
         cfg, tokenizer = self.config, self.tokenizer
         input_ids, attention_mask, prompt_width = sample_responses(
-            self.policy, tokenizer, prompts, cfg.max_prompt_length, {"generation_config": self.generation_config}
+            self.policy, tokenizer, prompts, cfg.max_prompt_length, self.generation_config
         )
         responses = input_ids[:, prompt_width:]
         width = responses.shape[1]
