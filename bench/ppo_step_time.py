@@ -28,8 +28,13 @@ def main() -> None:
         tokenizer = load_tokenizer(model_cfg)
         model = AutoModelForCausalLMWithValueHead(load_causal_lm(model_cfg))
         cfg = PPOConfig(output_dir=f"{folder}/ppo", batch_size=8, num_mini_batches=2, ppo_epochs=2, max_new_tokens=24)
-        trainer = PPOTrainer(cfg, model, tokenizer, ["the movie was", "a terrible film"] * 4,
-                             lambda prompts, responses: [len(r) / 100 for r in responses])
+        trainer = PPOTrainer(
+            cfg,
+            model,
+            tokenizer,
+            ["the movie was", "a terrible film"] * 4,
+            lambda prompts, responses: [len(r) / 100 for r in responses],
+        )
         times = []
         for step in range(args.steps + 2):
             started = time.perf_counter()

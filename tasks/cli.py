@@ -91,8 +91,10 @@ def print_summary(wall_seconds: float) -> None:
         ("response words", "response_words"),
         ("distinct-2", "distinct_2"),
     ]
-    print(f"\nPipeline finished in {wall_seconds / 60:.1f} min.  Reward model held-out accuracy: "
-          f"{reward['reward/eval_accuracy']:.3f}\n")
+    print(
+        f"\nPipeline finished in {wall_seconds / 60:.1f} min.  Reward model held-out accuracy: "
+        f"{reward['reward/eval_accuracy']:.3f}\n"
+    )
     print(f"{'metric':32s}{'SFT':>10s}{'PPO':>10s}")
     for label, key in rows:
         print(f"{label:32s}{metrics[f'eval/sft_{key}']:10.3f}{metrics[f'eval/ppo_{key}']:10.3f}")

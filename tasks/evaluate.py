@@ -33,7 +33,10 @@ def vader_scores(texts: list[str]) -> list[float]:
 
 def run(params: PipelineParams, sink=None) -> dict[str, float]:
     cfg = params.evaluate
-    sft_cfg, ppo_cfg = ModelConfig(name_or_path=str(MODELS_DIR / "sft")), ModelConfig(name_or_path=str(MODELS_DIR / "ppo"))
+    sft_cfg, ppo_cfg = (
+        ModelConfig(name_or_path=str(MODELS_DIR / "sft")),
+        ModelConfig(name_or_path=str(MODELS_DIR / "ppo")),
+    )
     tokenizer = load_tokenizer(sft_cfg)
     rows = load_rows(DataConfig(source=str(DATA_DIR / "eval_prompts.jsonl")))
     prompts = [prompt_text(row, tokenizer) for row in rows.select(range(min(cfg.num_prompts, len(rows))))]
@@ -45,8 +48,10 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
     reward_cfg = ModelConfig(name_or_path=str(MODELS_DIR / "reward"))
     scorer = RewardModelScorer(load_sequence_scorer(reward_cfg), load_tokenizer(reward_cfg, padding_side="right"))
     proxy = {name: scorer(prompts, texts) for name, texts in (("sft", sft_texts), ("ppo", ppo_texts))}
-    judge = {name: vader_scores([p + t for p, t in zip(prompts, texts, strict=True)])
-             for name, texts in (("sft", sft_texts), ("ppo", ppo_texts))}
+    judge = {
+        name: vader_scores([p + t for p, t in zip(prompts, texts, strict=True)])
+        for name, texts in (("sft", sft_texts), ("ppo", ppo_texts))
+    }
     wins = [p > s for p, s in zip(judge["ppo"], judge["sft"], strict=True)]
     ties = [p == s for p, s in zip(judge["ppo"], judge["sft"], strict=True)]
     metrics = {"eval/kl_ppo_to_sft": mean(kl), "eval/judge_win_rate_ppo": (sum(wins) + 0.5 * sum(ties)) / len(wins)}

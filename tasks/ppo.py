@@ -30,8 +30,9 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
         update={"output_dir": str(checkpoint_dir("ppo", settings, [data, sft_dir, reward_dir])), "seed": params.seed}
     )
     # The SFT model (LoRA merged) is both the start and, with the new adapter off, the reference.
-    policy_cfg = ModelConfig(name_or_path=str(sft_dir), lora=params.policy.lora,
-                             trust_remote_code=params.policy.trust_remote_code)
+    policy_cfg = ModelConfig(
+        name_or_path=str(sft_dir), lora=params.policy.lora, trust_remote_code=params.policy.trust_remote_code
+    )
     tokenizer = load_tokenizer(policy_cfg)
     model = AutoModelForCausalLMWithValueHead(load_causal_lm(policy_cfg))
     reward_cfg = ModelConfig(name_or_path=str(reward_dir), trust_remote_code=params.reward_model.trust_remote_code)

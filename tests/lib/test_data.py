@@ -87,7 +87,7 @@ def test_completion_only_labels_mask_the_prompt(tokenizer):
 def test_chat_messages_train_only_on_the_assistant_reply(tokenizer):
     example = {"messages": [{"role": "user", "content": "how was it"}, {"role": "assistant", "content": "great"}]}
     out = tokenize_sft(example, "messages", tokenizer, max_length=128, completion_only=True)
-    trained = [t for t, label in zip(out["input_ids"], out["labels"]) if label != -100]
+    trained = [t for t, label in zip(out["input_ids"], out["labels"], strict=True) if label != -100]
     assert tokenizer.decode(trained) == "great<|im_end|>\n"
 
 

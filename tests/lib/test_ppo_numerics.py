@@ -102,7 +102,7 @@ def test_gae_matches_a_plain_reverse_loop_per_sequence(gamma, lam):
         assert advantages[b, :n].tolist() == pytest.approx(expected, abs=1e-5)
         assert advantages[b, n:].abs().sum() == 0  # padding gets nothing
         assert returns[b, :n].tolist() == pytest.approx(
-            [a + v for a, v in zip(expected, values[b, :n].tolist())], abs=1e-5
+            [a + v for a, v in zip(expected, values[b, :n].tolist(), strict=True)], abs=1e-5
         )
 
 

@@ -52,7 +52,10 @@ def test_cli_rejects_bad_params_before_any_work(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     result = subprocess.run(
         [sys.executable, "-m", "tasks.cli", "stage", "sft", "--params", "params.yaml", "--no-tracking"],
-        cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode != 0
     assert "ppo.temprature: unknown key" in result.stderr
