@@ -141,3 +141,17 @@ def test_data_position_is_a_seeded_permutation_per_pass(tiny_lm_dir, tmp_path):
     assert trainer.prompts_for_step(1) == _trainer(
         tiny_lm_dir, tmp_path, batch_size=4, num_mini_batches=1
     ).prompts_for_step(1)
+
+
+def test_missing_eos_penalty_hits_only_responses_without_eos(tiny_lm_dir, tmp_path):
+    trainer = _trainer(tiny_lm_dir, tmp_path, max_new_tokens=3, missing_eos_penalty=1.5)
+    trainer.reward_fn = lambda prompts, responses: [0.0] * len(prompts)
+    batch = trainer.rollout(trainer.prompts_for_step(0))
+    expected = torch.where(batch.contains_eos, 0.0, -1.5)
+    assert torch.equal(batch.scores, expected)
+    # the tokens after the first EOS are masked out of the response
+    eos = trainer.tokenizer.eos_token_id
+    responses = batch.input_ids[:, -batch.response_length :]
+    for row, mask in zip(responses, batch.mask, strict=True):
+        kept = row[mask.bool()].tolist()
+        assert eos not in kept[:-1]

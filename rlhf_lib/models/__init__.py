@@ -1,0 +1,1 @@
+"""Model loading (Hub, local, packaged, GGUF) and value-head wrappers."""

