@@ -41,21 +41,13 @@ class EvaluateConfig(_Section):
     """Evaluation prompts to use (from data/prepared/eval_prompts.jsonl)."""
     generation: GenerationConfig = GenerationConfig()
     """Sampling settings shared by both policies."""
-    kl_budget: float = Field(10.0, gt=0.0)
-    """A PPO policy whose mean KL to the SFT reference exceeds this is never promoted to champion."""
 
 
 class TrackingConfig(_Section):
-    """MLflow experiment and registry names."""
+    """MLflow settings."""
 
     experiment: str = "rlhf-pipeline"
     """MLflow experiment of the pipeline runs."""
-    policy_model_name: str = "rlhf-policy"
-    """Registered model name of the PPO policy."""
-    reward_model_name: str = "rlhf-reward-model"
-    """Registered model name of the reward model."""
-    log_models: bool = True
-    """Log trained models as MLflow artifacts (turn off for quick experiments)."""
 
 
 class PipelineParams(_Section):
