@@ -123,4 +123,3 @@ class AutoModelForCausalLMWithValueHead(_ModelWithValueHead):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         return out.logits, hidden
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -85,17 +86,10 @@ def reference_logprobs(
 ) -> torch.Tensor:
     """Log-probs under the frozen reference: the LoRA policy with adapters off, or a separate copy."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    if ref_model is None:
-        with policy.reference_mode():
-            logits = policy.pretrained_model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                logits_to_keep=response_width + 1,
-                use_cache=False,
-            ).logits
-    else:
-        logits = ref_model(
+    context = policy.reference_mode() if ref_model is None else nullcontext()
+    model = policy.pretrained_model if ref_model is None else ref_model
+    with context:
+        logits = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,

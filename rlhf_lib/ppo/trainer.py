@@ -157,7 +157,7 @@ class PPOTrainer:
         rewards = kl_penalised_rewards(batch.scores, kl, self.kl_ctl.value, mask)
         if cfg.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
-        advantages, returns = compute_gae(rewards, batch.values * mask, mask, cfg.gamma, cfg.lam)
+        advantages, returns = compute_gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, mask)
         self._check_finite("advantages", advantages)
 
