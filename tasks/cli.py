@@ -20,7 +20,10 @@ OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
 }
-STAGES = ["prepare", "validate", "sft", "reward", "ppo", "evaluate"]
+STAGES = ["prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"]
+# Exit codes the Prefect flow reads to decide whether a retry can help.
+EXIT_BAD_INPUT = 2  # invalid params or data: rerunning cannot fix it
+EXIT_SERVICE_DOWN = 3  # a service (the MLflow server) is unreachable: worth retrying
 
 
 def _run_prepare(params, sink=None) -> dict[str, float]:
@@ -56,12 +59,13 @@ def run_stage(name: str, params_path: Path, tracking: bool) -> dict[str, float]:
     function = _stage_function(name)
     started = time.perf_counter()
     if tracking:
-        from tasks.tracking import stage_run
+        from tasks.tracking import log_stage_outputs, stage_run
 
-        with stage_run(name, params.tracking.experiment, params_path, params.model_dump(by_alias=True)) as sink:
+        with stage_run(name, params, params_path) as sink:  # fails fast if the tracking server is down
             metrics = function(params, sink)
             metrics[f"{name}/wall_seconds"] = time.perf_counter() - started
             sink(metrics, 0)
+            log_stage_outputs(name, params, metrics)
     else:
         metrics = function(params)
         metrics[f"{name}/wall_seconds"] = time.perf_counter() - started
@@ -82,25 +86,36 @@ def run_demo(params_path: Path, tracking: bool) -> None:
     print_summary(time.perf_counter() - started)
 
 
-def print_summary(wall_seconds: float) -> None:
-    metrics = json.loads(Path("metrics/evaluate.json").read_text())
-    reward = json.loads(Path("metrics/reward.json").read_text())
-    rows = [
-        ("reward-model score (proxy)", "reward_model_score"),
-        ("VADER judge (held out)", "judge_vader"),
-        ("response words", "response_words"),
-        ("distinct-2", "distinct_2"),
+SUMMARY_ROWS = [
+    ("held-out judge P(positive)", "judge_score"),
+    ("VADER compound (2nd judge)", "judge_vader"),
+    ("reward-model score (proxy)", "reward_model_score"),
+    ("response words", "response_words"),
+    ("distinct-2", "distinct_2"),
+]
+
+
+def summary_table(metrics_dir: Path = Path("metrics")) -> str:
+    """The SFT-vs-PPO comparison from metrics/*.json, as a Markdown table (printed and sent to Prefect)."""
+    evaluation = json.loads((metrics_dir / "evaluate.json").read_text())
+    reward = json.loads((metrics_dir / "reward.json").read_text())
+    judge = json.loads((metrics_dir / "judge.json").read_text())
+    lines = ["| metric | SFT | PPO |", "|---|---:|---:|"]
+    for label, key in SUMMARY_ROWS:
+        lines.append(f"| {label} | {evaluation[f'eval/sft_{key}']:.3f} | {evaluation[f'eval/ppo_{key}']:.3f} |")
+    lines += [
+        f"| judge win rate of PPO over SFT | | {evaluation['eval/judge_win_rate_ppo']:.3f} |",
+        f"| KL(PPO \|\| SFT) per response (nats) | | {evaluation['eval/kl_ppo_to_sft']:.3f} |",
+        f"| reward model held-out pair accuracy | {reward['reward/eval_accuracy']:.3f} | |",
+        f"| judge held-out accuracy | {judge['judge/test_accuracy']:.3f} | |",
     ]
-    print(
-        f"\nPipeline finished in {wall_seconds / 60:.1f} min.  Reward model held-out accuracy: "
-        f"{reward['reward/eval_accuracy']:.3f}\n"
-    )
-    print(f"{'metric':32s}{'SFT':>10s}{'PPO':>10s}")
-    for label, key in rows:
-        print(f"{label:32s}{metrics[f'eval/sft_{key}']:10.3f}{metrics[f'eval/ppo_{key}']:10.3f}")
-    print(f"{'judge win rate of PPO over SFT':32s}{metrics['eval/judge_win_rate_ppo']:20.3f}")
-    print(f"{'KL(PPO || SFT) per response':32s}{metrics['eval/kl_ppo_to_sft']:20.3f}")
-    print("\nSamples: reports/samples.json   Metrics: metrics/*.json")
+    return "\n".join(lines)
+
+
+def print_summary(wall_seconds: float) -> None:
+    print(f"\nPipeline finished in {wall_seconds / 60:.1f} min.\n")
+    print(summary_table())
+    print("\nSamples: reports/samples.json   Metrics: metrics/*.json   Plots: .venv/bin/dvc plots show")
     print("MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (then open :5000)")
 
 
@@ -117,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     args = parser.parse_args(argv)
     from rlhf_lib.config import ConfigError
+    from tasks.errors import TrackingUnavailableError
+    from tasks.validate import DataValidationError
 
     try:
         if args.command == "stage":
@@ -124,8 +141,12 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(metrics, indent=2))
         else:
             run_demo(args.params, tracking=not args.no_tracking)
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
+    except (ConfigError, DataValidationError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except TrackingUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_SERVICE_DOWN) from None
 
 
 if __name__ == "__main__":

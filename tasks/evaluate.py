@@ -1,7 +1,8 @@
-"""Stage `evaluate`: SFT vs PPO on held-out prompts; writes metrics/eval.json and reports/samples.json.
+"""Stage `evaluate`: SFT vs PPO on held-out prompts; writes metrics/evaluate.json and reports/samples.json.
 
-Scores: the reward model (the proxy PPO optimised) and VADER, a rule-based sentiment judge that
-PPO never saw, so a gain there is not just reward hacking of the proxy.
+Scores: the reward model (the proxy PPO optimised), the held-out judge (a classifier trained on
+sentences neither the reward model nor PPO saw) and VADER (rule-based, a second opinion), so a
+gain on the judges is not just reward hacking of the proxy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from rlhf_lib.generation import generate_responses, sequence_kl
 from rlhf_lib.io import atomic_write_json
 from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_tokenizer
 from rlhf_lib.ppo.rollout import RewardModelScorer
+from tasks.judge import load_judge
 from tasks.params import DATA_DIR, MODELS_DIR, REPORTS_DIR, PipelineParams
+
+POLICIES = ("sft", "ppo")
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -47,24 +51,36 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
 
     reward_cfg = ModelConfig(name_or_path=str(MODELS_DIR / "reward"))
     scorer = RewardModelScorer(load_sequence_scorer(reward_cfg), load_tokenizer(reward_cfg, padding_side="right"))
-    proxy = {name: scorer(prompts, texts) for name, texts in (("sft", sft_texts), ("ppo", ppo_texts))}
-    judge = {
-        name: vader_scores([p + t for p, t in zip(prompts, texts, strict=True)])
-        for name, texts in (("sft", sft_texts), ("ppo", ppo_texts))
+    texts = {"sft": sft_texts, "ppo": ppo_texts}
+    full = {name: [p + t for p, t in zip(prompts, texts[name], strict=True)] for name in POLICIES}
+    judge = load_judge()
+    scores = {
+        "reward_model_score": {name: scorer(prompts, texts[name]) for name in POLICIES},
+        "judge_score": {name: judge(full[name]) for name in POLICIES},
+        "judge_vader": {name: vader_scores(full[name]) for name in POLICIES},
     }
-    wins = [p > s for p, s in zip(judge["ppo"], judge["sft"], strict=True)]
-    ties = [p == s for p, s in zip(judge["ppo"], judge["sft"], strict=True)]
-    metrics = {"eval/kl_ppo_to_sft": mean(kl), "eval/judge_win_rate_ppo": (sum(wins) + 0.5 * sum(ties)) / len(wins)}
-    for name, texts in (("sft", sft_texts), ("ppo", ppo_texts)):
+    metrics = {
+        "eval/kl_ppo_to_sft": mean(kl),
+        "eval/judge_win_rate_ppo": win_rate(scores["judge_score"]["ppo"], scores["judge_score"]["sft"]),
+        "eval/vader_win_rate_ppo": win_rate(scores["judge_vader"]["ppo"], scores["judge_vader"]["sft"]),
+    }
+    for name in POLICIES:
+        metrics |= {f"eval/{name}_{kind}": mean(per_policy[name]) for kind, per_policy in scores.items()}
         metrics |= {
-            f"eval/{name}_reward_model_score": mean(proxy[name]),
-            f"eval/{name}_judge_vader": mean(judge[name]),
-            f"eval/{name}_response_words": mean(len(t.split()) for t in texts),
-            f"eval/{name}_distinct_2": distinct_n(texts, 2),
+            f"eval/{name}_response_words": mean(len(t.split()) for t in texts[name]),
+            f"eval/{name}_distinct_2": distinct_n(texts[name], 2),
         }
     samples = [
-        {"prompt": p, "sft": s, "ppo": q, "judge_sft": js, "judge_ppo": jp}
-        for p, s, q, js, jp in zip(prompts, sft_texts, ppo_texts, judge["sft"], judge["ppo"], strict=True)
+        {"prompt": prompt, **{name: texts[name][i] for name in POLICIES}}
+        | {f"{kind}_{name}": round(per_policy[name][i], 4) for kind, per_policy in scores.items() for name in POLICIES}
+        for i, prompt in enumerate(prompts)
     ]
     atomic_write_json(REPORTS_DIR / "samples.json", samples)
     return metrics
+
+
+def win_rate(challenger: list[float], incumbent: list[float]) -> float:
+    """Share of prompts where the challenger scores higher (ties count half)."""
+    wins = sum(c > i for c, i in zip(challenger, incumbent, strict=True))
+    ties = sum(c == i for c, i in zip(challenger, incumbent, strict=True))
+    return (wins + 0.5 * ties) / len(challenger)

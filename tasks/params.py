@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlhf_lib.config import (
+    ClassifierConfig,
     ConfigError,
     GenerationConfig,
     ModelConfig,
@@ -48,6 +49,16 @@ class TrackingConfig(_Section):
 
     experiment: str = "rlhf-pipeline"
     """MLflow experiment of the pipeline runs."""
+    log_models: bool = True
+    """Log the reward model and the PPO policy as MLflow models and register them."""
+    policy_model_name: str = "rlhf-policy"
+    """Registered model name of the PPO policy."""
+    reward_model_name: str = "rlhf-reward-model"
+    """Registered model name of the reward model."""
+    fallback_to_local: bool = False
+    """If the MLflow server in MLFLOW_TRACKING_URI is unreachable, log to sqlite:///mlflow.db instead of failing."""
+    promotion_kl_budget: float = Field(5.0, gt=0)
+    """Most KL(PPO || SFT) per response (nats) a candidate may have to become champion."""
 
 
 class PipelineParams(_Section):
@@ -69,6 +80,10 @@ class PipelineParams(_Section):
     """RewardConfig fields except output_dir."""
     ppo: dict[str, Any] = {}
     """PPOConfig fields except output_dir."""
+    judge_model: ModelConfig | None = None
+    """Backbone of the held-out sentiment judge; None reuses reward_model's backbone."""
+    judge: dict[str, Any] = {}
+    """ClassifierConfig fields except output_dir (training of the judge)."""
     evaluate: EvaluateConfig = EvaluateConfig()
     """Evaluation settings."""
     tracking: TrackingConfig = TrackingConfig()
@@ -82,6 +97,12 @@ class PipelineParams(_Section):
 
     def ppo_config(self) -> PPOConfig:
         return _with_output(PPOConfig, self.ppo, "ppo")
+
+    def judge_config(self) -> ClassifierConfig:
+        return _with_output(ClassifierConfig, self.judge, "judge")
+
+    def judge_backbone(self) -> ModelConfig:
+        return self.judge_model or self.reward_model.model_copy(update={"lora": None})
 
 
 def _with_output(cls, section: dict[str, Any], name: str):
@@ -110,5 +131,5 @@ def checkpoint_dir(stage: str, settings: Any, inputs: list[Path]) -> Path:
 def load_params(path: str | Path = "params.yaml") -> PipelineParams:
     """Read and validate params.yaml, including every trainer section, naming any bad key."""
     params = build_config(PipelineParams, load_yaml(path), "")
-    params.sft_config(), params.reward_config(), params.ppo_config()
+    params.sft_config(), params.reward_config(), params.ppo_config(), params.judge_config()
     return params

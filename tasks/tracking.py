@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,16 +21,42 @@ from typing import Any
 import mlflow
 
 from rlhf_lib.callbacks import MetricsSink
+from tasks import registry
+from tasks.errors import TrackingUnavailableError
+from tasks.params import METRICS_DIR, MODELS_DIR, REPORTS_DIR, PipelineParams
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PIPELINE_RUN_ENV = "RLHF_PIPELINE_RUN_ID"
 PIPELINE_TAG = "rlhf.pipeline_run"
+ROLE_TAG = "rlhf.role"
+PROBE_TIMEOUT_SECONDS = 5.0
 
 
-def configure(experiment: str) -> None:
-    """Point MLflow at MLFLOW_TRACKING_URI or the project's SQLite store, and select the experiment."""
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+def configure(experiment: str, fallback_to_local: bool = False) -> str:
+    """Point MLflow at MLFLOW_TRACKING_URI (else the project's SQLite store); return the URI in use.
+
+    A remote server is probed first, so an unreachable one fails in seconds rather than after
+    MLflow's own retries, which take minutes and come after the training.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    if uri.startswith(("http://", "https://")) and (problem := _unreachable(uri)):
+        if not fallback_to_local:
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {uri} is unreachable ({problem}); start it, unset MLFLOW_TRACKING_URI, "
+                "or set tracking.fallback_to_local: true to log to the local store"
+            )
+        uri = DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
+    return uri
+
+
+def _unreachable(uri: str) -> str | None:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_SECONDS):
+            return None
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
 
 
 def git_commit() -> str:
@@ -44,11 +72,13 @@ def pipeline_run_key(params_path: Path) -> str:
     return f"local-{digest}"
 
 
-def _parent_run_id(key: str) -> str:
-    found = mlflow.search_runs(filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1, output_format="list")
+def _parent_run_id(key: str, tags: dict[str, str]) -> str:
+    # Stage runs carry the pipeline tag too (so a search finds all of them); the role tells the parent apart.
+    query = f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`{ROLE_TAG}` = 'pipeline'"
+    found = mlflow.search_runs(filter_string=query, max_results=1, output_format="list")
     if found:
         return found[0].info.run_id
-    with mlflow.start_run(run_name=f"pipeline {key}", tags={PIPELINE_TAG: key, "rlhf.git_commit": git_commit()}) as run:
+    with mlflow.start_run(run_name=f"pipeline {key}", tags={**tags, ROLE_TAG: "pipeline"}) as run:
         return run.info.run_id
 
 
@@ -68,16 +98,17 @@ def dvc_data_hashes() -> dict[str, str]:
 
 
 @contextmanager
-def stage_run(stage: str, experiment: str, params_path: Path, params: dict[str, Any]) -> Iterator[MetricsSink]:
+def stage_run(stage: str, params: PipelineParams, params_path: Path) -> Iterator[MetricsSink]:
     """Open the stage's nested run under the pipeline's parent; yield a sink that logs metrics to it."""
-    configure(experiment)
+    configure(params.tracking.experiment, params.tracking.fallback_to_local)
     key = pipeline_run_key(params_path)
-    parent = _parent_run_id(key)
-    tags = {PIPELINE_TAG: key, "rlhf.stage": stage, "rlhf.git_commit": git_commit(), **dvc_data_hashes()}
-    if flow_run := os.environ.get("PREFECT__FLOW_RUN_ID"):
+    tags = {PIPELINE_TAG: key, "rlhf.git_commit": git_commit(), **dvc_data_hashes()}
+    if flow_run := os.environ.get("RLHF_PREFECT_FLOW_RUN_ID"):
         tags["prefect.flow_run_id"] = flow_run
+    parent = _parent_run_id(key, tags)
+    tags |= {"rlhf.stage": stage, ROLE_TAG: "stage"}
     with mlflow.start_run(run_id=parent), mlflow.start_run(run_name=stage, nested=True, tags=tags):
-        mlflow.log_params(_flatten(params))
+        mlflow.log_params(_flatten(params.model_dump(by_alias=True)))
 
         def sink(metrics: dict[str, float], step: int) -> None:
             mlflow.log_metrics(metrics, step=step)
@@ -85,8 +116,28 @@ def stage_run(stage: str, experiment: str, params_path: Path, params: dict[str, 
         yield sink
 
 
-def log_json_artifact(data: Any, name: str) -> None:
-    mlflow.log_text(json.dumps(data, indent=2), name)
+def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, float]) -> None:
+    """Log what a finished stage produced, beyond its metrics, to the active stage run."""
+    if stage == "validate":
+        mlflow.log_artifact(str(REPORTS_DIR / "validation.json"))
+    elif stage == "reward" and params.tracking.log_models:
+        name = params.tracking.reward_model_name
+        registry.log_model(MODELS_DIR / "reward", "reward_model", name, "text-classification")
+    elif stage == "ppo":
+        from tasks.plots import ppo_curves
+
+        history = METRICS_DIR / "ppo_history.csv"
+        mlflow.log_artifact(str(history))
+        mlflow.log_figure(ppo_curves(history), "ppo_curves.png")
+    elif stage == "evaluate":
+        samples = json.loads((REPORTS_DIR / "samples.json").read_text())
+        mlflow.log_table({key: [row[key] for row in samples] for key in samples[0]}, "samples.json")
+        if params.tracking.log_models:
+            name = params.tracking.policy_model_name
+            version = registry.log_model(MODELS_DIR / "ppo", "policy", name, "text-generation")
+            decision = registry.promote_candidate(name, version, metrics, params.tracking.promotion_kl_budget)
+            mlflow.log_metric("eval/promoted", float(decision.promoted))
+            mlflow.set_tag("rlhf.promotion", f"{name} v{version}: {decision.reason}")
 
 
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:

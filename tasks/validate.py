@@ -78,7 +78,9 @@ class DataValidationError(ValueError):
     def __init__(self, report: ValidationReport) -> None:
         self.report = report
         problems = [
-            f"{name}: {check.expectation}" + (f" ({check.column})" if check.column else "")
+            f"{name}: {check.expectation}"
+            + (f" ({check.column})" if check.column else "")
+            + f", {check.unexpected_count} unexpected, e.g. {json.dumps(check.samples[:1])[:160]}"
             for name, check in report.failures()
         ]
         super().__init__("data validation failed:\n  " + "\n  ".join(problems))

@@ -29,6 +29,8 @@ from rlhf_lib.config import ModelConfig
 logger = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
+TINY_PREFIX = "tiny:"
+TINY_KINDS = ("causal-lm", "reward-backbone")
 
 
 class ModelSourceError(FileNotFoundError):
@@ -38,6 +40,8 @@ class ModelSourceError(FileNotFoundError):
 def resolve_model_path(cfg: ModelConfig) -> str:
     """Return a Hub name or a local folder that `from_pretrained` can load without further work."""
     source = cfg.name_or_path
+    if source.startswith(TINY_PREFIX):
+        return str(_tiny_model_dir(source[len(TINY_PREFIX) :], cfg.converted_dir))
     if source.startswith(PACKAGE_PREFIX):
         source = str(_package_model_dir(source[len(PACKAGE_PREFIX) :], needs_config=cfg.gguf_file is None))
     if cfg.gguf_file is None:
@@ -65,6 +69,34 @@ def _package_model_dir(package: str, needs_config: bool) -> Path:
     raise ModelSourceError(f"model.name_or_path: no config.json inside package {package!r} ({root})")
 
 
+def _tiny_model_dir(kind: str, converted_dir: str | None) -> Path:
+    """Build a tiny random model (smoke runs, tests) once into `converted_dir`; same seed, same weights."""
+    from rlhf_lib.models import tiny
+
+    if kind not in TINY_KINDS:
+        raise ModelSourceError(f"model.name_or_path: unknown tiny model {kind!r}; choose from {TINY_KINDS}")
+    target = Path(converted_dir or Path.home() / ".cache" / "rlhf_lib" / f"tiny-{kind}")
+    if not (target / "config.json").is_file():
+        build = tiny.save_tiny_causal_lm if kind == "causal-lm" else tiny.save_tiny_reward_backbone
+        _write_atomically(target, build)
+    return target
+
+
+def _write_atomically(target: Path, write) -> None:
+    """Call `write(folder)` on a staging folder beside `target`, then rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(staging)
+        if target.exists():  # a concurrent writer finished first; keep its result
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> None:
     """Dequantise a GGUF checkpoint into a safetensors folder (model + tokenizer), written atomically."""
     logger.info("converting %s to safetensors in %s (once)", gguf_path, target)
@@ -77,18 +109,12 @@ def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> None:
         del config.quantization_config
     plain = type(quantised)(config)
     plain.load_state_dict(quantised.state_dict(), strict=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        plain.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if target.exists():  # a concurrent conversion finished first; keep its result
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    def write(folder: Path) -> None:
+        plain.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    _write_atomically(target, write)
 
 
 def load_tokenizer(cfg: ModelConfig, padding_side: str = "left") -> PreTrainedTokenizerBase:
@@ -111,13 +137,20 @@ def load_causal_lm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreT
     return apply_lora(model, cfg, task_type="CAUSAL_LM")
 
 
-def load_sequence_scorer(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """Load a backbone with a one-output regression head (a reward model)."""
+def load_sequence_scorer(cfg: ModelConfig, dtype: torch.dtype = torch.float32, num_labels: int = 1) -> PreTrainedModel:
+    """Load a backbone with a classification head: one output (a reward model) or `num_labels` classes."""
     path = resolve_model_path(cfg)
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    config.num_labels = 1
+    # A checkpoint whose head has another size (a 1-output scorer reused as a 2-class judge) gets a new head.
+    mismatched_head = getattr(config, "num_labels", num_labels) != num_labels
+    config.num_labels = num_labels
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
+        path,
+        config=config,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=cfg.trust_remote_code,
+        ignore_mismatched_sizes=mismatched_head,
     )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = getattr(model.config, "eos_token_id", None)

@@ -1,0 +1,28 @@
+"""PNG plots of the PPO curves (reward and KL per step), for MLflow and the README."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+CURVES = (("objective/scores", "reward-model score"), ("objective/kl", "KL to reference (nats)"))
+
+
+def ppo_curves(history_csv: Path) -> Figure:
+    """Reward and KL per PPO step, side by side, from metrics/ppo_history.csv."""
+    rows = list(csv.DictReader(history_csv.open()))
+    steps = [int(row["step"]) for row in rows]
+    figure, axes = plt.subplots(1, len(CURVES), figsize=(10, 3.5), constrained_layout=True)
+    for axis, (column, label) in zip(axes, CURVES, strict=True):
+        axis.plot(steps, [float(row[column]) for row in rows], marker=".")
+        axis.set_xlabel("PPO step")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    figure.suptitle("PPO training")
+    return figure
