@@ -31,7 +31,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not integration"
 
 demo: setup
-	$(VENV)/bin/rlhf demo
+	$(PY) -m flows.demo
 
 lint: setup
 	$(VENV)/bin/ruff check rlhf_lib tasks flows tests bench

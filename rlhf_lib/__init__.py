@@ -16,9 +16,10 @@ from rlhf_lib.config import (
     build_config,
     load_yaml,
 )
+from rlhf_lib.errors import NonFiniteError
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.rollout import RewardFunction, RewardModelScorer
-from rlhf_lib.ppo.trainer import NonFiniteError, PPOTrainer
+from rlhf_lib.ppo.trainer import PPOTrainer
 from rlhf_lib.reward_trainer import RewardTrainer
 from rlhf_lib.sft_trainer import SFTTrainer
 

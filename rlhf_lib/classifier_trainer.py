@@ -14,12 +14,11 @@ from transformers import (
     EvalPrediction,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    Trainer,
 )
 
 from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import ClassifierConfig
-from rlhf_lib.hf_training import metric_callbacks, training_arguments
+from rlhf_lib.hf_training import GuardedTrainer, metric_callbacks, training_arguments
 
 
 def accuracy(prediction: EvalPrediction) -> dict[str, float]:
@@ -39,7 +38,7 @@ def tokenize_labelled(rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
     )
 
 
-class ClassifierTrainer(Trainer):
+class ClassifierTrainer(GuardedTrainer):
     """Fine-tunes a sequence classifier on (text, label) rows and reports held-out accuracy."""
 
     def __init__(

@@ -187,6 +187,9 @@ class PPOConfig(_Config):
     """Run forward passes under bfloat16 autocast."""
     seed: int = 0
     """Seed of prompt order, sampling and dropout."""
+    skip_nonfinite_batches: bool = False
+    """Skip a batch whose scores, advantages, loss or gradient are NaN or inf (counted as `skipped_batches`)
+    instead of stopping with an error."""
 
     @model_validator(mode="after")
     def _minibatches_divide_batch(self) -> PPOConfig:

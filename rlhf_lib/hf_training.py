@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import re
+import shutil
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from rlhf_lib.callbacks import MetricsSink, MetricsSinkCallback
 from rlhf_lib.config import _TrainingConfig
-from rlhf_lib.io import atomic_dir
+from rlhf_lib.errors import NonFiniteError
+from rlhf_lib.io import atomic_dir, atomic_write_text
+
+logger = logging.getLogger(__name__)
+_CHECKPOINT = re.compile(r"checkpoint-\d+")
 
 
 def training_arguments(cfg: _TrainingConfig, has_eval: bool, **overrides) -> TrainingArguments:
@@ -36,8 +43,62 @@ def training_arguments(cfg: _TrainingConfig, has_eval: bool, **overrides) -> Tra
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning warns and does nothing without a GPU
         **overrides,
     )
+
+
+COMPLETE_MARKER = ".complete"
+
+
+class _MarkCompleteCheckpoints(TrainerCallback):
+    """Marks a checkpoint folder complete once the Trainer has written all of it.
+
+    transformers writes checkpoint-N in place, file by file; a SIGKILL mid-save leaves a folder
+    that `get_last_checkpoint` would pick. Resume trusts only marked folders.
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            atomic_write_text(folder / COMPLETE_MARKER, f"{state.global_step}\n")
+
+
+class GuardedTrainer(Trainer):
+    """A Trainer whose checkpoints survive a kill, and which stops at the first NaN/inf loss.
+
+    transformers keeps training through a NaN loss (it only filters it from the logs) and would
+    save NaN weights as the next checkpoint; raising before the optimizer step keeps the last good
+    checkpoint the newest.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_callback(_MarkCompleteCheckpoints())
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteError(
+                f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}; the checkpoints in "
+                f"{self.args.output_dir} are left as they were"
+            )
+        return loss
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest marked checkpoint in `folder`; unmarked ones (cut short by a kill) are deleted."""
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (p for p in folder.iterdir() if p.is_dir() and _CHECKPOINT.fullmatch(p.name)),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    for partial in [p for p in found if not (p / COMPLETE_MARKER).is_file()]:
+        logger.warning("removing %s: its save was interrupted", partial)
+        shutil.rmtree(partial)
+        found.remove(partial)
+    return found[-1] if found else None
 
 
 def metric_callbacks(sink: MetricsSink | None, prefix: str) -> list[TrainerCallback]:
@@ -45,11 +106,14 @@ def metric_callbacks(sink: MetricsSink | None, prefix: str) -> list[TrainerCallb
 
 
 def train_resuming(trainer: Trainer) -> dict[str, float]:
-    """Train, resuming from the newest checkpoint in the output folder if an earlier run left one."""
-    folder = Path(trainer.args.output_dir)
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    result = trainer.train(resume_from_checkpoint=last)
+    """Train, resuming from the newest complete checkpoint in the output folder if an earlier run left one.
+
+    Returns the Trainer's metrics plus `resumed_from_step` (0 for a fresh start).
+    """
+    last = last_complete_checkpoint(Path(trainer.args.output_dir))
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     metrics = dict(result.metrics)
+    metrics["resumed_from_step"] = int(last.name.split("-")[1]) if last else 0
     for key, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise FloatingPointError(f"training ended with {key}={value}: the model diverged")

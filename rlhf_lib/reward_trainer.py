@@ -6,12 +6,12 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import RewardConfig
 from rlhf_lib.data.formats import PreferenceCollator, check_format, tokenize_preference
-from rlhf_lib.hf_training import metric_callbacks, training_arguments
+from rlhf_lib.hf_training import GuardedTrainer, metric_callbacks, training_arguments
 
 
 def pairwise_reward_loss(
@@ -42,7 +42,7 @@ def tokenize_preference_dataset(
     )
 
 
-class RewardTrainer(Trainer):
+class RewardTrainer(GuardedTrainer):
     """Trains a one-output sequence classifier so that chosen texts score above rejected ones."""
 
     def __init__(

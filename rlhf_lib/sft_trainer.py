@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datasets
-from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import SFTConfig
 from rlhf_lib.data.formats import check_format, pack_blocks, tokenize_sft
-from rlhf_lib.hf_training import metric_callbacks, training_arguments
+from rlhf_lib.hf_training import GuardedTrainer, metric_callbacks, training_arguments
 
 
 def tokenize_sft_dataset(
@@ -28,7 +28,7 @@ def tokenize_sft_dataset(
     return tokenized
 
 
-class SFTTrainer(Trainer):
+class SFTTrainer(GuardedTrainer):
     """`transformers.Trainer` fed from raw rows in any SFT format (text, prompt/completion, messages)."""
 
     def __init__(

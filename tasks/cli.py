@@ -1,4 +1,4 @@
-"""`rlhf`: run one pipeline stage (`rlhf stage ppo`) or the whole offline demo (`rlhf demo`)."""
+"""`rlhf stage <name>`: run one pipeline stage (what dvc.yaml and the Prefect flow call)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import argparse
 import importlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,19 +72,6 @@ def run_stage(name: str, params_path: Path, tracking: bool) -> dict[str, float]:
     return metrics
 
 
-def run_demo(params_path: Path, tracking: bool) -> None:
-    """Each stage in its own process (memory is returned between stages), then a summary."""
-    started = time.perf_counter()
-    for name in STAGES:
-        print(f"\n=== stage {name} ===", flush=True)
-        command = [sys.executable, "-m", "tasks.cli", "stage", name, "--params", str(params_path)]
-        if not tracking:
-            command.append("--no-tracking")
-        if subprocess.run(command, check=False).returncode != 0:
-            raise SystemExit(f"stage {name} failed; the stages before it kept their outputs")
-    print_summary(time.perf_counter() - started)
-
-
 SUMMARY_ROWS = [
     ("held-out judge P(positive)", "judge_score"),
     ("VADER compound (2nd judge)", "judge_vader"),
@@ -112,13 +98,6 @@ def summary_table(metrics_dir: Path = Path("metrics")) -> str:
     return "\n".join(lines)
 
 
-def print_summary(wall_seconds: float) -> None:
-    print(f"\nPipeline finished in {wall_seconds / 60:.1f} min.\n")
-    print(summary_table())
-    print("\nSamples: reports/samples.json   Metrics: metrics/*.json   Plots: .venv/bin/dvc plots show")
-    print("MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (then open :5000)")
-
-
 def main(argv: list[str] | None = None) -> None:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
@@ -126,21 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     stage = sub.add_parser("stage", help="run one pipeline stage")
     stage.add_argument("name", choices=STAGES)
-    demo = sub.add_parser("demo", help="run every stage on the offline default and print SFT vs PPO")
-    for command in (stage, demo):
-        command.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (params.yaml)")
-        command.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    stage.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (params.yaml)")
+    stage.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     args = parser.parse_args(argv)
     from rlhf_lib.config import ConfigError
     from tasks.errors import TrackingUnavailableError
     from tasks.validate import DataValidationError
 
     try:
-        if args.command == "stage":
-            metrics = run_stage(args.name, args.params, tracking=not args.no_tracking)
-            print(json.dumps(metrics, indent=2))
-        else:
-            run_demo(args.params, tracking=not args.no_tracking)
+        metrics = run_stage(args.name, args.params, tracking=not args.no_tracking)
+        print(json.dumps(metrics, indent=2))
     except (ConfigError, DataValidationError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None

@@ -29,10 +29,14 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     train = load_rows(DataConfig(source=str(train_file)))
     test = load_rows(DataConfig(source=str(test_file)))
     trainer = ClassifierTrainer(model, tokenizer, cfg, train, test, sink)
-    train_resuming(trainer)
+    resumed_from = train_resuming(trainer)["resumed_from_step"]
     evaluation = trainer.evaluate()
     save_final(trainer.model, tokenizer, JUDGE_DIR)
-    return {"judge/test_accuracy": evaluation["eval_accuracy"], "judge/test_loss": evaluation["eval_loss"]}
+    return {
+        "judge/test_accuracy": evaluation["eval_accuracy"],
+        "judge/test_loss": evaluation["eval_loss"],
+        "judge/resumed_from_step": resumed_from,
+    }
 
 
 def load_judge() -> PositiveClassScorer:

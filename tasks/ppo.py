@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import DataConfig, ModelConfig
@@ -20,6 +21,27 @@ from rlhf_lib.ppo.trainer import PPOTrainer
 from tasks.params import DATA_DIR, METRICS_DIR, MODELS_DIR, PipelineParams, checkpoint_dir
 
 HISTORY_COLUMNS = ["step", "objective/scores", "objective/kl", "objective/rlhf_reward", "response_length"]
+
+
+class HistoryFile:
+    """metrics/ppo_history.csv, rewritten atomically after every logged step.
+
+    Written as training goes, so a run killed mid-way keeps its curve; a resumed run replaces the
+    rows from its checkpoint on and keeps the ones before, and a fresh run (step 1) starts anew.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = list(csv.DictReader(path.open())) if path.is_file() else []
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        self.rows = [row for row in self.rows if int(row["step"]) < step]
+        self.rows.append({"step": step} | {key: metrics[f"ppo/{key}"] for key in HISTORY_COLUMNS[1:]})
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buffer.getvalue())
 
 
 def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, float]:
@@ -38,28 +60,24 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     reward_cfg = ModelConfig(name_or_path=str(reward_dir), trust_remote_code=params.reward_model.trust_remote_code)
     scorer = RewardModelScorer(load_sequence_scorer(reward_cfg), load_tokenizer(reward_cfg, padding_side="right"))
     prompts = [prompt_text(row, tokenizer) for row in load_rows(DataConfig(source=str(data)))]
-    trainer = PPOTrainer(cfg, model, tokenizer, prompts, scorer, metrics_sink=sink)
+    history_file = HistoryFile(METRICS_DIR / "ppo_history.csv")
+
+    def log_step(metrics: dict[str, float], step: int) -> None:
+        history_file(metrics, step)
+        if sink:
+            sink(metrics, step)
+
+    trainer = PPOTrainer(cfg, model, tokenizer, prompts, scorer, metrics_sink=log_step)
     history = trainer.train()
     trainer.save_policy(MODELS_DIR / "ppo")
-    _write_history(history, first_step=cfg.total_steps - len(history) + 1)
-    tail = history[-max(1, len(history) // 5) :]
+    # From the file, not `history`: a run resumed at its last step trains no step of its own.
+    rows = history_file.rows
+    tail = rows[-max(1, len(rows) // 5) :]
     return {
-        "ppo/final_scores": sum(m["objective/scores"] for m in tail) / len(tail),
-        "ppo/final_kl": sum(m["objective/kl"] for m in tail) / len(tail),
+        "ppo/final_scores": sum(float(row["objective/scores"]) for row in tail) / max(len(tail), 1),
+        "ppo/final_kl": sum(float(row["objective/kl"]) for row in tail) / max(len(tail), 1),
         "ppo/steps": cfg.total_steps,
+        "ppo/resumed_from_step": history[0]["step"] - 1 if history else cfg.total_steps,
+        "ppo/skipped_batches": trainer.skipped_batches,
     }
 
-
-def _write_history(history: list[dict[str, float]], first_step: int) -> None:
-    path = METRICS_DIR / "ppo_history.csv"
-    # A resumed run only has its own steps: keep the rows the interrupted run wrote before them.
-    kept = []
-    if path.is_file() and first_step > 1:
-        kept = [row for row in csv.DictReader(path.open()) if int(row["step"]) < first_step]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS)
-    writer.writeheader()
-    writer.writerows(kept)
-    for offset, metrics in enumerate(history):
-        writer.writerow({"step": first_step + offset, **{k: metrics[k] for k in HISTORY_COLUMNS[1:]}})
-    atomic_write_text(path, buffer.getvalue())

@@ -23,11 +23,12 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     train, held_out = split_train_eval(rows, HELD_OUT_FRACTION, params.seed)
     tokenizer = load_tokenizer(params.reward_model, padding_side="right")
     trainer = RewardTrainer(load_sequence_scorer(params.reward_model), tokenizer, cfg, train, held_out, sink)
-    train_resuming(trainer)
+    resumed_from = train_resuming(trainer)["resumed_from_step"]
     evaluation = trainer.evaluate()
     save_final(trainer.model, tokenizer, MODELS_DIR / "reward")
     return {
         "reward/eval_accuracy": evaluation["eval_accuracy"],
         "reward/eval_margin": evaluation["eval_margin"],
         "reward/eval_loss": evaluation["eval_loss"],
+        "reward/resumed_from_step": resumed_from,
     }

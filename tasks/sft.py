@@ -25,7 +25,12 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     tokenizer = load_tokenizer(params.policy, padding_side="right")
     trainer = SFTTrainer(load_causal_lm(params.policy), tokenizer, cfg, train, held_out, metrics_sink=sink)
     before = trainer.evaluate()["eval_loss"]
-    train_resuming(trainer)
+    resumed_from = train_resuming(trainer)["resumed_from_step"]
     after = trainer.evaluate()["eval_loss"]
     save_final(trainer.model, tokenizer, MODELS_DIR / "sft")
-    return {"sft/eval_loss_before": before, "sft/eval_loss": after, "sft/train_rows": len(train)}
+    return {
+        "sft/eval_loss_before": before,
+        "sft/eval_loss": after,
+        "sft/train_rows": len(train),
+        "sft/resumed_from_step": resumed_from,
+    }

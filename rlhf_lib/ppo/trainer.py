@@ -5,6 +5,7 @@ rollout -> reward -> KL-penalised rewards -> GAE -> clipped policy and value upd
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import PPOConfig
+from rlhf_lib.errors import NonFiniteError
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from rlhf_lib.ppo.core import (
@@ -40,10 +42,7 @@ from rlhf_lib.ppo.rollout import (
 )
 
 CHECKPOINTS_TO_KEEP = 2
-
-
-class NonFiniteError(FloatingPointError):
-    """A NaN or inf appeared in scores, losses or advantages."""
+logger = logging.getLogger(__name__)
 
 
 class PPOTrainer:
@@ -92,6 +91,7 @@ class PPOTrainer:
             eos_token_id=tokenizer.eos_token_id,
         )
         self.global_step = 0
+        self.skipped_batches = 0
 
     @property
     def policy(self) -> AutoModelForCausalLMWithValueHead:
@@ -125,7 +125,6 @@ class PPOTrainer:
         scores = torch.tensor(self.reward_fn(prompts, texts), dtype=torch.float32, device=input_ids.device)
         if scores.shape != (len(prompts),):
             raise ValueError(f"reward function returned {tuple(scores.shape)} scores for {len(prompts)} responses")
-        self._check_finite("reward scores", scores)
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~contains_eos).float()
         logprobs, values, _ = response_logprobs_and_values(
@@ -147,11 +146,13 @@ class PPOTrainer:
             texts,
         )
 
-    def step(self, prompts: list[str]) -> dict[str, float]:
-        """Sample, score and update once; returns this iteration's metrics."""
+    def step(self, prompts: list[str]) -> dict[str, float] | None:
+        """Sample, score and update once; returns this iteration's metrics, or None if it was skipped."""
         cfg = self.config
         started = time.perf_counter()
         batch = self.rollout(prompts)
+        if not self._finite_or_skip("reward scores", batch.scores):
+            return None
         mask = batch.mask
         kl = kl_per_token(batch.logprobs, batch.ref_logprobs, cfg.kl_estimator) * mask
         rewards = kl_penalised_rewards(batch.scores, kl, self.kl_ctl.value, mask)
@@ -159,12 +160,13 @@ class PPOTrainer:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = compute_gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, mask)
-        self._check_finite("advantages", advantages)
+        if not self._finite_or_skip("advantages", advantages):
+            return None
 
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             for index in torch.randperm(len(prompts)).split(cfg.mini_batch_size):
-                for key, value in self._update(batch, index, advantages, returns).items():
+                for key, value in (self._update(batch, index, advantages, returns) or {}).items():
                     stats.setdefault(key, []).append(value)
 
         sequence_kl = kl.sum(1).mean().item()
@@ -181,11 +183,13 @@ class PPOTrainer:
             "response_length": mask.sum(1).float().mean().item(),
             "lr": self.scheduler.get_last_lr()[0],
             "eps": len(prompts) / (time.perf_counter() - started),
+            "skipped_batches": self.skipped_batches,
         }
         self.kl_ctl.update(sequence_kl, len(prompts))
         return metrics
 
-    def _update(self, batch: Rollout, index: torch.Tensor, advantages, returns) -> dict[str, float]:
+    def _update(self, batch: Rollout, index: torch.Tensor, advantages, returns) -> dict[str, float] | None:
+        """One clipped update on a minibatch; None (and no weight change) if its loss or gradient was non-finite."""
         cfg, mask = self.config, batch.mask[index]
         logprobs, values, logits = response_logprobs_and_values(
             self.model, batch.input_ids[index], batch.attention_mask[index], batch.response_length, cfg.temperature
@@ -197,9 +201,13 @@ class PPOTrainer:
             values.float(), batch.values[index], returns[index], mask, cfg.cliprange_value
         )
         loss = policy_loss + cfg.vf_coef * value_loss
-        self._check_finite("loss", loss)
+        if not self._finite_or_skip("loss", loss):
+            return None
         self.accelerator.backward(loss)
-        self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        if not self._finite_or_skip("gradient norm", grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -213,16 +221,26 @@ class PPOTrainer:
             "val/ratio": policy_stats["ratio"].item(),
         }
 
-    def _check_finite(self, what: str, tensor: torch.Tensor) -> None:
-        if not torch.isfinite(tensor).all():
+    def _finite_or_skip(self, what: str, tensor: torch.Tensor) -> bool:
+        """True if `tensor` is finite; else count a skip (skip_nonfinite_batches) or raise NonFiniteError."""
+        if torch.isfinite(tensor).all():
+            return True
+        problem = f"non-finite {what} at PPO step {self.global_step + 1}"
+        if not self.config.skip_nonfinite_batches:
             raise NonFiniteError(
-                f"non-finite {what} at PPO step {self.global_step + 1}; the last good checkpoint in "
-                f"{self.output_dir / 'checkpoints'} is left as it was"
+                f"{problem}; the last good checkpoint in {self.output_dir / 'checkpoints'} is left as it was "
+                "(set skip_nonfinite_batches to skip such batches instead)"
             )
+        self.skipped_batches += 1
+        logger.warning("%s: skipped (%d skipped so far)", problem, self.skipped_batches)
+        return False
 
     # ---- loop, checkpoints, final save ---------------------------------------------------------
     def train(self, resume: bool = True) -> list[dict[str, float]]:
-        """Run to `total_steps`, resuming from the newest checkpoint when `resume`; returns the history."""
+        """Run to `total_steps`, resuming from the newest checkpoint when `resume`.
+
+        Returns the metrics of each step this call ran (each with its `step`), skipped batches left out.
+        """
         if resume and (checkpoints := list_checkpoints(self.output_dir / "checkpoints")):
             self.load_checkpoint(checkpoints[-1])
         history = []
@@ -232,10 +250,12 @@ class PPOTrainer:
         while self.global_step < self.config.total_steps:
             metrics = self.step(self.prompts_for_step(self.global_step))
             self.global_step += 1
-            history.append(metrics)
             progress.update(1)
-            progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
-            if self.metrics_sink and self.global_step % self.config.logging_steps == 0:
+            if metrics is not None:  # None: a skipped batch, counted in skipped_batches
+                metrics["step"] = self.global_step
+                history.append(metrics)
+                progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
+            if metrics and self.metrics_sink and self.global_step % self.config.logging_steps == 0:
                 self.metrics_sink({f"ppo/{k}": v for k, v in metrics.items() if math.isfinite(v)}, self.global_step)
             if self.global_step % self.config.save_steps == 0 or self.global_step == self.config.total_steps:
                 self.save_checkpoint()
@@ -245,7 +265,12 @@ class PPOTrainer:
     def save_checkpoint(self) -> Path:
         folder = self.output_dir / "checkpoints"
         path = folder / f"checkpoint-{self.global_step}"
-        state = {"global_step": self.global_step, "kl_coef": self.kl_ctl.value, "num_prompts": len(self.prompts)}
+        state = {
+            "global_step": self.global_step,
+            "kl_coef": self.kl_ctl.value,
+            "num_prompts": len(self.prompts),
+            "skipped_batches": self.skipped_batches,
+        }
         save_checkpoint(path, self.policy, self.optimizer, self.scheduler, state)
         prune_checkpoints(folder, CHECKPOINTS_TO_KEEP)
         return path
@@ -259,6 +284,7 @@ class PPOTrainer:
             )
         self.global_step = state["global_step"]
         self.kl_ctl.value = state["kl_coef"]
+        self.skipped_batches = state.get("skipped_batches", 0)
 
     def save_policy(self, path: str | Path) -> None:
         """Save the trained policy as a standalone model (LoRA merged), value head and tokenizer."""

@@ -1,4 +1,4 @@
-"""The library depends on no orchestration tool: orchestration depends on it, never the reverse."""
+"""Layers depend only downward: rlhf_lib on no orchestration tool, tasks not on flows."""
 
 from __future__ import annotations
 
@@ -11,15 +11,24 @@ FORBIDDEN = {"prefect", "mlflow", "dvc", "great_expectations", "tasks", "flows"}
 LIBRARY = Path(__file__).resolve().parents[2] / "rlhf_lib"
 
 
-def test_no_module_of_rlhf_lib_imports_orchestration():
+def imports_of(package: Path, forbidden: set[str]) -> list[str]:
+    """Every `import X` / `from X import` in the package whose top-level name is in `forbidden`."""
     offenders = []
-    for path in LIBRARY.rglob("*.py"):
+    for path in package.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
-    assert not offenders, offenders
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in forbidden]
+    return offenders
+
+
+def test_no_module_of_rlhf_lib_imports_orchestration():
+    assert not imports_of(LIBRARY, FORBIDDEN)
+
+
+def test_tasks_do_not_import_flows():
+    assert not imports_of(LIBRARY.parent / "tasks", {"flows"})
 
 
 def test_importing_the_library_loads_no_orchestration_module():

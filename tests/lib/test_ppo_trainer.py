@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from rlhf_lib.config import LoraSettings, ModelConfig, PPOConfig
+from rlhf_lib.errors import NonFiniteError
 from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_tokenizer
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.checkpoint import list_checkpoints
 from rlhf_lib.ppo.rollout import RewardModelScorer
-from rlhf_lib.ppo.trainer import NonFiniteError, PPOTrainer
+from rlhf_lib.ppo.trainer import PPOTrainer
 
 PROMPTS = ["the movie was", "i loved this", "a terrible film", "the worst movie", "the acting", "this story"]
 
@@ -127,11 +128,37 @@ def test_checkpoints_keep_the_last_two_and_hold_every_part(tiny_lm_dir, tmp_path
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]  # no staging left
 
 
-def test_non_finite_reward_stops_with_the_step_named(tiny_lm_dir, tmp_path):
-    trainer = _trainer(tiny_lm_dir, tmp_path, total_steps=2)
-    trainer.reward_fn = lambda prompts, responses: [float("nan")] * len(prompts)
-    with pytest.raises(NonFiniteError, match="step 1"):
+def _nan_at_step(reward_fn, trainer: PPOTrainer, bad_step: int):
+    """The trainer's reward, except NaN for every response at PPO step `bad_step` (1-based)."""
+
+    def reward(prompts, responses):
+        scores = reward_fn(prompts, responses)
+        return [float("nan")] * len(scores) if trainer.global_step + 1 == bad_step else scores
+
+    return reward
+
+
+def test_non_finite_reward_stops_with_the_step_named_and_keeps_the_last_checkpoint(tiny_lm_dir, tmp_path):
+    trainer = _trainer(tiny_lm_dir, tmp_path, total_steps=4, save_steps=2)
+    trainer.reward_fn = _nan_at_step(trainer.reward_fn, trainer, bad_step=3)
+    with pytest.raises(NonFiniteError, match="reward scores at PPO step 3"):
         trainer.train()
+    checkpoints = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in checkpoints] == ["checkpoint-2"]  # the good one, untouched by the failed step
+    resumed = _trainer(tiny_lm_dir, tmp_path, total_steps=4, save_steps=2)
+    resumed.load_checkpoint(checkpoints[-1])
+    assert all(torch.isfinite(p).all() for p in resumed.policy.parameters())
+
+
+def test_skip_option_skips_non_finite_batches_and_counts_them(tiny_lm_dir, tmp_path):
+    trainer = _trainer(tiny_lm_dir, tmp_path, total_steps=4, save_steps=4, skip_nonfinite_batches=True)
+    trainer.reward_fn = _nan_at_step(trainer.reward_fn, trainer, bad_step=2)
+    before = {name: p.detach().clone() for name, p in trainer.policy.named_parameters()}
+    history = trainer.train()
+    assert [m["step"] for m in history] == [1, 3, 4]
+    assert trainer.skipped_batches == 1 and history[-1]["skipped_batches"] == 1
+    assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
+    assert any(not torch.equal(before[name], p) for name, p in trainer.policy.named_parameters())
 
 
 def test_data_position_is_a_seeded_permutation_per_pass(tiny_lm_dir, tmp_path):

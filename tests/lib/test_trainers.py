@@ -7,7 +7,8 @@ import torch
 from datasets import Dataset
 
 from rlhf_lib.config import LoraSettings, ModelConfig, RewardConfig, SFTConfig
-from rlhf_lib.hf_training import save_final, train_resuming
+from rlhf_lib.errors import NonFiniteError
+from rlhf_lib.hf_training import COMPLETE_MARKER, last_complete_checkpoint, save_final, train_resuming
 from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_tokenizer
 from rlhf_lib.reward_trainer import RewardTrainer, pairwise_reward_loss
 from rlhf_lib.sft_trainer import SFTTrainer
@@ -119,3 +120,34 @@ def test_reward_model_separates_a_separable_preference_set(tiny_rm_dir, tmp_path
     metrics = trainer.evaluate()
     assert metrics["eval_accuracy"] > 0.9, (before, metrics)
     assert metrics["eval_margin"] > 0
+
+
+def test_sft_stops_at_a_nan_loss_before_the_optimizer_applies_it(tiny_lm_dir, tmp_path):
+    cfg = ModelConfig(name_or_path=tiny_lm_dir)
+    tokenizer = load_tokenizer(cfg, padding_side="right")
+    rows = Dataset.from_list([{"text": s} for s in SENTENCES * 8])
+    sft = SFTConfig(output_dir=str(tmp_path), max_steps=4, per_device_batch_size=4, save_steps=2, max_length=32)
+    trainer = SFTTrainer(load_causal_lm(cfg), tokenizer, sft, rows)
+    original_loss = trainer.compute_loss
+
+    def loss_nan_at_step_3(model, inputs, **kwargs):
+        loss = original_loss(model, inputs, **kwargs)
+        return loss * float("nan") if trainer.state.global_step == 2 else loss
+
+    trainer.compute_loss = loss_nan_at_step_3
+    with pytest.raises(NonFiniteError, match="at step 3"):
+        train_resuming(trainer)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the NaN step was never applied
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-2"]
+
+
+def test_resume_ignores_and_removes_a_checkpoint_cut_short_by_a_kill(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+        if complete:
+            (folder / COMPLETE_MARKER).write_text(str(step))
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert last_complete_checkpoint(tmp_path / "missing") is None
