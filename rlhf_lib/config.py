@@ -93,8 +93,9 @@ class _TrainingConfig(_Config):
     """Evaluate every this many steps; None evaluates once at the end of each epoch."""
     save_steps: int = Field(500, gt=0)
     """Checkpoint every this many steps (the trainer resumes from the latest one)."""
-    bf16: bool = False
-    """Train under bfloat16 autocast."""
+    bf16: bool | None = None
+    """Train under bfloat16 autocast (fp32 master weights); None: on where bf16 matmuls are fast (a GPU with bf16,
+    a CPU with AMX/AVX512-BF16), see `rlhf_lib.precision`."""
     seed: int = 0
     """Seed of weight init, shuffling and dropout."""
 
@@ -183,8 +184,9 @@ class PPOConfig(_Config):
     """Checkpoint every this many PPO iterations."""
     logging_steps: int = Field(1, gt=0)
     """Report metrics every this many iterations."""
-    bf16: bool = False
-    """Run forward passes under bfloat16 autocast."""
+    bf16: bool | None = None
+    """Run forward passes under bfloat16 autocast and keep frozen weights (reference copy, LoRA base) in bf16;
+    trained weights stay fp32. None: on where bf16 matmuls are fast, see `rlhf_lib.precision`."""
     seed: int = 0
     """Seed of prompt order, sampling and dropout."""
     skip_nonfinite_batches: bool = False

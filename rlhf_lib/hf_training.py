@@ -15,6 +15,7 @@ from rlhf_lib.callbacks import MetricsSink, MetricsSinkCallback
 from rlhf_lib.config import _TrainingConfig
 from rlhf_lib.errors import NonFiniteError
 from rlhf_lib.io import atomic_dir, atomic_write_text
+from rlhf_lib.precision import use_bf16
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"checkpoint-\d+")
@@ -39,7 +40,7 @@ def training_arguments(cfg: _TrainingConfig, has_eval: bool, **overrides) -> Tra
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        bf16=cfg.bf16,
+        bf16=use_bf16(cfg.bf16),
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",

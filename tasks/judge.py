@@ -11,7 +11,7 @@ from rlhf_lib.classifier_trainer import ClassifierTrainer, PositiveClassScorer
 from rlhf_lib.config import DataConfig, ModelConfig
 from rlhf_lib.data.sources import load_rows
 from rlhf_lib.hf_training import save_final, train_resuming
-from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer
+from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer, require_fits_context
 from tasks.params import DATA_DIR, MODELS_DIR, PipelineParams, checkpoint_dir
 
 JUDGE_DIR = MODELS_DIR / "judge"
@@ -24,6 +24,7 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     cfg = params.judge_config().model_copy(
         update={"output_dir": str(checkpoint_dir("judge", settings, [train_file])), "seed": params.seed}
     )
+    require_fits_context(backbone, cfg.max_length, "judge.max_length")
     tokenizer = load_tokenizer(backbone, padding_side="right")
     model = load_sequence_scorer(backbone, num_labels=cfg.num_labels)
     train = load_rows(DataConfig(source=str(train_file)))

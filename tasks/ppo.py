@@ -14,7 +14,7 @@ from rlhf_lib.config import DataConfig, ModelConfig
 from rlhf_lib.data.formats import prompt_text
 from rlhf_lib.data.sources import load_rows
 from rlhf_lib.io import atomic_write_text
-from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_tokenizer
+from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_tokenizer, require_fits_context
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.rollout import RewardModelScorer
 from rlhf_lib.ppo.trainer import PPOTrainer
@@ -55,6 +55,7 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     policy_cfg = ModelConfig(
         name_or_path=str(sft_dir), lora=params.policy.lora, trust_remote_code=params.policy.trust_remote_code
     )
+    require_fits_context(policy_cfg, cfg.max_prompt_length + cfg.max_new_tokens, "ppo.max_new_tokens")
     tokenizer = load_tokenizer(policy_cfg)
     model = AutoModelForCausalLMWithValueHead(load_causal_lm(policy_cfg))
     reward_cfg = ModelConfig(name_or_path=str(reward_dir), trust_remote_code=params.reward_model.trust_remote_code)
@@ -80,4 +81,3 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
         "ppo/resumed_from_step": history[0]["step"] - 1 if history else cfg.total_steps,
         "ppo/skipped_batches": trainer.skipped_batches,
     }
-

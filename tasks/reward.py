@@ -6,7 +6,7 @@ from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import DataConfig
 from rlhf_lib.data.sources import load_rows, split_train_eval
 from rlhf_lib.hf_training import save_final, train_resuming
-from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer
+from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer, require_fits_context
 from rlhf_lib.reward_trainer import RewardTrainer
 from tasks.params import DATA_DIR, MODELS_DIR, PipelineParams, checkpoint_dir
 
@@ -19,6 +19,7 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     cfg = params.reward_config().model_copy(
         update={"output_dir": str(checkpoint_dir("reward", settings, [data])), "seed": params.seed}
     )
+    require_fits_context(params.reward_model, cfg.max_length, "reward.max_length")
     rows = load_rows(DataConfig(source=str(data), seed=params.seed))
     train, held_out = split_train_eval(rows, HELD_OUT_FRACTION, params.seed)
     tokenizer = load_tokenizer(params.reward_model, padding_side="right")

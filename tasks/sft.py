@@ -6,7 +6,7 @@ from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import DataConfig
 from rlhf_lib.data.sources import load_rows, split_train_eval
 from rlhf_lib.hf_training import save_final, train_resuming
-from rlhf_lib.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from rlhf_lib.models.loading import load_causal_lm, load_tokenizer, require_fits_context, resolve_model_path
 from rlhf_lib.sft_trainer import SFTTrainer
 from tasks.params import DATA_DIR, MODELS_DIR, PipelineParams, checkpoint_dir
 
@@ -22,6 +22,7 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     rows = load_rows(DataConfig(source=str(data), seed=params.seed))
     train, held_out = split_train_eval(rows, HELD_OUT_FRACTION, params.seed)
     resolve_model_path(params.policy)  # converts a GGUF base once, before the tokenizer needs it
+    require_fits_context(params.policy, cfg.max_length, "sft.max_length")
     tokenizer = load_tokenizer(params.policy, padding_side="right")
     trainer = SFTTrainer(load_causal_lm(params.policy), tokenizer, cfg, train, held_out, metrics_sink=sink)
     before = trainer.evaluate()["eval_loss"]

@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from rlhf_lib.config import ModelConfig
+from rlhf_lib.config import ConfigError, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,19 @@ def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> None:
         tokenizer.save_pretrained(folder)
 
     _write_atomically(target, write)
+
+
+def context_length(cfg: ModelConfig) -> int | None:
+    """The model's maximum sequence length from its config alone (no weights are read)."""
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg), trust_remote_code=cfg.trust_remote_code)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def require_fits_context(cfg: ModelConfig, tokens: int, key: str) -> None:
+    """Raise ConfigError naming `key` if `tokens` exceed the model's context, before any training starts."""
+    limit = context_length(cfg)
+    if limit is not None and tokens > limit:
+        raise ConfigError(f"{key}: {tokens} tokens exceed the context of {cfg.name_or_path} ({limit} tokens)")
 
 
 def load_tokenizer(cfg: ModelConfig, padding_side: str = "left") -> PreTrainedTokenizerBase:

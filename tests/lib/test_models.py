@@ -115,3 +115,14 @@ def test_packaged_gguf_policy_converts_once_and_generates(tmp_path):
     batch = tokenizer(["This movie was"], return_tensors="pt")
     out = model.generate(**batch, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert len(tokenizer.decode(out[0, batch["input_ids"].shape[1] :]).strip()) > 0
+
+
+def test_tiny_model_source_is_built_once_and_loads(tmp_path):
+    cfg = ModelConfig(name_or_path="tiny:causal-lm", converted_dir=str(tmp_path / "tiny"))
+    path = resolve_model_path(cfg)
+    weights = tmp_path / "tiny" / "model.safetensors"
+    first_write = weights.stat().st_mtime_ns
+    assert resolve_model_path(cfg) == path and weights.stat().st_mtime_ns == first_write  # reused, not rebuilt
+    assert load_causal_lm(cfg).config.num_hidden_layers == 2
+    with pytest.raises(ModelSourceError, match="unknown tiny model"):
+        resolve_model_path(ModelConfig(name_or_path="tiny:giant", converted_dir=str(tmp_path / "x")))

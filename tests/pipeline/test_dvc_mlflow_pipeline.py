@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from tests.pipeline.smoke_project import copy_project, project_env, run, stages_run
 
@@ -94,3 +95,22 @@ def test_ppo_param_change_reruns_only_ppo_and_evaluate(reproduced):
         if experiment.get("data")
     ]
     assert 0.05 in kl_coefs and 0.1 in kl_coefs  # the baseline and the experiment, side by side
+
+
+def test_a_failing_repro_keeps_what_earlier_runs_produced(reproduced):
+    project, env, _ = reproduced
+    kept = [project / "models/sft/model.safetensors", project / "models/ppo/model.safetensors"]
+    kept += sorted((project / "data/prepared").glob("*.jsonl"))
+    before = {path: path.stat().st_mtime_ns for path in kept}
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["validate"]["max_chars"] = 5  # every prepared text now breaks the length expectation
+    params_file.write_text(yaml.safe_dump(params))
+    try:
+        failed = run(["dvc", "repro"], project, env)
+    finally:
+        params_file.write_text(original)
+    assert failed.returncode != 0
+    assert stages_run(failed.stdout) == {"validate"}
+    assert {path: path.stat().st_mtime_ns for path in kept} == before

@@ -1,5 +1,5 @@
-"""Services: an unreachable MLflow server fails a stage fast (or falls back locally when asked), a
-reachable one records the run, and the flow retries transient stage failures but not bad input."""
+"""Failing fast and retrying: impossible params and an unreachable MLflow server stop a stage before
+training (or, when asked, it logs locally); the flow retries transient stage failures but not bad input."""
 
 from __future__ import annotations
 
@@ -39,6 +39,18 @@ def test_unreachable_tracking_server_fails_fast_before_training(prepared):
     assert uri in result.stderr and "unreachable" in result.stderr
     assert time.monotonic() - started < 60  # the probe, not MLflow's minutes of retries
     assert not (project / "checkpoints/sft").exists() and not (project / "models/sft").exists()
+
+
+def test_sequence_longer_than_the_context_fails_naming_the_key(prepared):
+    project, env = prepared
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["sft"]["max_length"] = 1000  # the tiny model has 256 positions
+    bad = project / "too_long.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    result = run(["rlhf", "stage", "sft", "--no-tracking", "--params", str(bad)], project, env)
+    assert result.returncode == 2  # EXIT_BAD_INPUT: the flow does not retry it
+    assert "sft.max_length: 1000 tokens exceed" in result.stderr and "256" in result.stderr
+    assert not (project / "checkpoints/sft").exists()
 
 
 def test_fallback_option_trains_and_logs_locally(prepared):
