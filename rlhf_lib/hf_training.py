@@ -24,6 +24,7 @@ _CHECKPOINT = re.compile(r"checkpoint-\d+")
 def training_arguments(cfg: _TrainingConfig, has_eval: bool, **overrides) -> TrainingArguments:
     """Map our config onto TrainingArguments; checkpoints go to `<output_dir>/checkpoints`."""
     eval_strategy = ("steps" if cfg.eval_steps else "epoch") if has_eval else "no"
+    bf16 = use_bf16(cfg.bf16)
     return TrainingArguments(
         output_dir=str(Path(cfg.output_dir) / "checkpoints"),
         learning_rate=cfg.learning_rate,
@@ -40,7 +41,8 @@ def training_arguments(cfg: _TrainingConfig, has_eval: bool, **overrides) -> Tra
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        bf16=use_bf16(cfg.bf16),
+        bf16=bf16,
+        use_cpu=bf16 and not torch.cuda.is_available(),  # else TrainingArguments refuses bf16 without a GPU
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
