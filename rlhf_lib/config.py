@@ -187,6 +187,10 @@ class PPOConfig(_Config):
     bf16: bool | None = None
     """Run forward passes under bfloat16 autocast and keep frozen weights (reference copy, LoRA base) in bf16;
     trained weights stay fp32. None: on where bf16 matmuls are fast, see `rlhf_lib.precision`."""
+    logprobs_from_generation: bool = True
+    """Take the rollout's log-probs and values from the generation's own forward passes, saving one forward
+    of the policy per batch; False recomputes them with a full forward (the exact function the updates
+    differentiate: in bf16 the two differ by rounding, which the first update's ratio then carries)."""
     seed: int = 0
     """Seed of prompt order, sampling and dropout."""
     skip_nonfinite_batches: bool = False

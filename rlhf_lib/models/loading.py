@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from rlhf_lib.config import ConfigError, ModelConfig
+from rlhf_lib.models.lm_head import make_lm_head_input_contiguous
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ def load_causal_lm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreT
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(cfg), dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
     )
+    make_lm_head_input_contiguous(model)
     return apply_lora(model, cfg, task_type="CAUSAL_LM")
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rlhf_lib.io import atomic_dir
+from rlhf_lib.models.lm_head import make_lm_head_input_contiguous
 
 VALUE_HEAD_WEIGHTS = "value_head.safetensors"
 VALUE_HEAD_CONFIG = "value_head_config.json"
@@ -44,6 +45,7 @@ class _ModelWithValueHead(nn.Module):
     def __init__(self, pretrained_model: PreTrainedModel, value_head: ValueHead | None = None) -> None:
         super().__init__()
         self.pretrained_model = pretrained_model
+        make_lm_head_input_contiguous(pretrained_model)
         self.v_head = value_head or ValueHead(pretrained_model.config.hidden_size)
 
     @property

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf_lib.models.lm_head import recording_last_hidden_states
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.core import logprobs_of_labels
 
@@ -45,20 +46,39 @@ def sample_responses(
     prompts: list[str],
     max_prompt_length: int,
     generation_config: GenerationConfig,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Generate with the KV cache; returns (prompt+response ids, attention mask, prompt width)."""
+    record_policy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, int, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Generate with the KV cache; returns (prompt+response ids, attention mask, prompt width, recorded).
+
+    With `record_policy`, `recorded` is the (log-probs, values) of the sampled tokens, read off the
+    generation's own forward passes (raw logits / temperature; the value head on the final hidden state):
+    the same numbers `response_logprobs_and_values` computes, without another forward of the policy.
+    """
     device = next(model.parameters()).device
     tokenizer.truncation_side = "left"  # keep the end of a long prompt, next to the response
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length).to(
         device
     )
-    output = model.generate(**encoded, generation_config=generation_config)
+    with recording_last_hidden_states(model.pretrained_model) if record_policy else nullcontext() as hidden:
+        output = model.generate(
+            **encoded, generation_config=generation_config, return_dict_in_generate=True, output_logits=record_policy
+        )
     prompt_width = encoded["input_ids"].shape[1]
-    response_width = output.shape[1] - prompt_width
+    response_width = output.sequences.shape[1] - prompt_width
     attention_mask = torch.cat(
         [encoded["attention_mask"], torch.ones(len(prompts), response_width, dtype=torch.long, device=device)], 1
     )
-    return output, attention_mask, prompt_width
+    recorded = None
+    if record_policy:
+        if not len(output.logits) == len(hidden) == response_width:
+            raise RuntimeError(
+                f"generation recorded {len(output.logits)} logits and {len(hidden)} hidden states "
+                f"for {response_width} tokens"
+            )
+        logits = torch.stack(output.logits, 1) / (generation_config.temperature or 1.0)
+        logprobs = logprobs_of_labels(logits, output.sequences[:, prompt_width:])
+        recorded = logprobs, model.v_head(torch.stack(hidden, 1))
+    return output.sequences, attention_mask, prompt_width, recorded
 
 
 def response_logprobs_and_values(

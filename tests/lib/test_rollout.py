@@ -1,0 +1,59 @@
+"""Rollout shortcuts checked against the plain computation: generation-recorded log-probs and values,
+and the contiguous LM-head input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from rlhf_lib.config import LoraSettings, ModelConfig
+from rlhf_lib.models.loading import load_causal_lm, load_tokenizer
+from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
+from rlhf_lib.ppo.core import response_mask_until_eos
+from rlhf_lib.ppo.rollout import response_logprobs_and_values, sample_responses
+
+PROMPTS = ["the movie was", "i loved this story , it", "a terrible"]
+
+
+@pytest.mark.parametrize("lora", [None, LoraSettings(r=4, alpha=8)], ids=["full", "lora"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_and_values_recorded_during_generation_match_a_full_forward(tiny_lm_dir, lora, temperature):
+    cfg = ModelConfig(name_or_path=tiny_lm_dir, lora=lora)
+    tokenizer = load_tokenizer(cfg)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLMWithValueHead(load_causal_lm(cfg)).eval()
+    with torch.no_grad():  # a non-trivial adapter and value head, so a mix-up of either would show
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "v_head" in name:
+                param.add_(torch.randn_like(param) * 0.5)
+    generation = GenerationConfig(
+        do_sample=True,
+        temperature=temperature,
+        max_new_tokens=10,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.no_grad():
+        ids, attention_mask, prompt_width, recorded = sample_responses(
+            model, tokenizer, PROMPTS, 64, generation, record_policy=True
+        )
+        width = ids.shape[1] - prompt_width
+        logprobs, values, _ = response_logprobs_and_values(model, ids, attention_mask, width, temperature)
+    recorded_logprobs, recorded_values = recorded
+    mask = response_mask_until_eos(ids[:, prompt_width:], tokenizer.eos_token_id).bool()
+    assert recorded_logprobs.shape == recorded_values.shape == mask.shape
+    assert torch.allclose(recorded_logprobs[mask], logprobs[mask], atol=1e-4)
+    assert torch.allclose(recorded_values[mask], values[mask], atol=1e-4)
+
+
+def test_lm_head_reads_a_contiguous_input_and_gives_the_same_logits(tiny_lm_dir):
+    model = load_causal_lm(ModelConfig(name_or_path=tiny_lm_dir)).eval()
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    ids = torch.randint(5, 100, (3, 12))
+    with torch.no_grad():
+        kept = model(input_ids=ids, logits_to_keep=5).logits
+        full = model(input_ids=ids).logits
+    assert seen[0].is_contiguous() and seen[0].shape[1] == 5
+    assert torch.allclose(kept, full[:, -5:], atol=1e-6)
