@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
+from rlhf_lib.allocator import keep_freed_memory
 from rlhf_lib.callbacks import MetricsSink, MetricsSinkCallback
 from rlhf_lib.config import _TrainingConfig
 from rlhf_lib.errors import NonFiniteError
@@ -78,6 +79,8 @@ class GuardedTrainer(Trainer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.add_callback(_MarkCompleteCheckpoints())
+        if not torch.cuda.is_available():
+            keep_freed_memory()
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)

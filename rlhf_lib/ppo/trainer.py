@@ -17,6 +17,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf_lib.allocator import keep_freed_memory
 from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import PPOConfig
 from rlhf_lib.errors import NonFiniteError
@@ -73,6 +74,8 @@ class PPOTrainer:
         self.metrics_sink = metrics_sink
         self.output_dir = Path(config.output_dir)
         set_seed(config.seed)
+        if not torch.cuda.is_available():
+            keep_freed_memory()
         bf16 = use_bf16(config.bf16)
         self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
         if ref_model is None and not model.is_peft:
