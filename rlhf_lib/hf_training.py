@@ -81,6 +81,10 @@ class GuardedTrainer(Trainer):
         self.add_callback(_MarkCompleteCheckpoints())
         if not torch.cuda.is_available():
             keep_freed_memory()
+            if self.args.bf16:
+                # Same math, other kernel: torch's CPU flash-attention backward is slow in bf16 (SmolLM2-135M SFT,
+                # batch 8 x 128 tokens: 562 tokens/s with eager attention, 444 with sdpa; no difference in fp32).
+                self.model.set_attn_implementation("eager")
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
