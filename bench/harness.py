@@ -14,10 +14,12 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 RESULTS_FILE = Path(__file__).with_name("results.md")
 MODEL_DIR = "models/base/smollm2-135m-instruct"
@@ -105,9 +107,17 @@ def append_results(script: str, result_lines: list[str], settings: str) -> None:
         )
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     results = "; ".join(line.removeprefix("RESULT ") for line in result_lines)
-    line = f"- {stamp} `{script}` | {machine()} | {versions()} | {settings} | {results}\n"
+    line = f"- {stamp} `{script}` at {commit()} | {machine()} | {versions()} | {settings} | {results}\n"
     with RESULTS_FILE.open("a") as handle:
         handle.write(line)
+
+
+def commit() -> str:
+    """The code measured: the git commit, with `+changes` when the tree has uncommitted edits."""
+    git = ["git", "-C", str(Path(__file__).parent)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return (head or "unknown") + ("+changes" if dirty.stdout.strip() else "")
 
 
 def machine() -> str:
@@ -131,3 +141,19 @@ def _version(name: str) -> str:
         return version(name)
     except PackageNotFoundError:
         return "missing"
+
+
+class StepTimer(TrainerCallback):
+    """Seconds between consecutive optimizer step ends (the first counted from train begin)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.last = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.seconds.append(now - self.last)
+        self.last = now

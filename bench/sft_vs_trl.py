@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import harness
 import torch
-from transformers import TrainerCallback
 
 BATCH_SIZE = 8
 MAX_LENGTH = 128
@@ -90,22 +88,6 @@ class TokenCounter:
         return batch
 
 
-class StepTimer(TrainerCallback):
-    """Seconds between consecutive optimizer step ends (the first counted from train begin)."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self.last = 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.last = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        now = time.perf_counter()
-        self.seconds.append(now - self.last)
-        self.last = now
-
-
 def run_worker(side: str, packing: bool, precision: str, steps: int, warmup: int) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -121,7 +103,7 @@ def run_worker(side: str, packing: bool, precision: str, steps: int, warmup: int
         trainer = build(model, tokenizer, rows, packing, precision, steps + warmup, output_dir)
         counter = TokenCounter(trainer.data_collator)
         trainer.data_collator = counter
-        timer = StepTimer()
+        timer = harness.StepTimer()
         trainer.add_callback(timer)
         trainer.train()
     seconds, tokens = timer.seconds[warmup:], counter.counts[warmup : warmup + steps]
