@@ -33,9 +33,7 @@ def keep_freed_memory() -> bool:
     global _applied
     if _applied:
         return True
-    if os.environ.get("RLHF_KEEP_FREED_MEMORY", "1") == "0" or platform.system() != "Linux":
-        return False
-    if platform.libc_ver()[0] != "glibc":
+    if os.environ.get("RLHF_KEEP_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     _applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))

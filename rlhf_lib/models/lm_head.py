@@ -8,8 +8,6 @@ from contextlib import contextmanager
 import torch
 from transformers import PreTrainedModel
 
-_CONTIGUOUS_FLAG = "_rlhf_contiguous_input"
-
 
 def make_lm_head_input_contiguous(model: PreTrainedModel) -> None:
     """Give the LM head a contiguous input (once per model; copies made later keep the hook).
@@ -19,10 +17,8 @@ def make_lm_head_input_contiguous(model: PreTrainedModel) -> None:
     in bf16 (0.098 s in fp32) against 0.013 s (0.060 s) on a contiguous copy of the small input.
     """
     head = model.get_output_embeddings()
-    if head is None or getattr(head, _CONTIGUOUS_FLAG, False):
-        return
-    head.register_forward_pre_hook(_contiguous_input)
-    setattr(head, _CONTIGUOUS_FLAG, True)
+    if head is not None and _contiguous_input not in head._forward_pre_hooks.values():
+        head.register_forward_pre_hook(_contiguous_input)
 
 
 def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
