@@ -218,8 +218,10 @@ class GenerationConfig(_Config):
     """Response length limit."""
     temperature: float = Field(0.7, ge=0.0)
     """Sampling temperature; 0 decodes greedily."""
+    top_k: int = Field(0, ge=0)
+    """Sample from the k most likely tokens; 0 disables."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass."""
+    """Nucleus sampling mass; 1.0 disables."""
     batch_size: int = Field(16, gt=0)
     """Prompts per generate call."""
     seed: int = 0

@@ -8,7 +8,9 @@ from transformers import GenerationConfig as HFGenerationConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lib.config import GenerationConfig
+from rlhf_lib.models.decoding import fast_sampling
 from rlhf_lib.ppo.core import logprobs_of_labels, response_mask_until_eos
+from rlhf_lib.sampling import Sampling
 
 
 @torch.inference_mode()
@@ -18,18 +20,20 @@ def generate_responses(
     """Sample one response per prompt; returns decoded texts and the token ids up to the first EOS."""
     torch.manual_seed(cfg.seed)
     device = next(model.parameters()).device
-    sampling = HFGenerationConfig(
-        do_sample=cfg.temperature > 0,
-        temperature=cfg.temperature or None,
-        top_p=cfg.top_p if cfg.temperature > 0 else None,
-        max_new_tokens=cfg.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if cfg.temperature > 0:
+        generate_kwargs = Sampling.create(
+            cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens, **ids
+        ).generate_kwargs()
+    else:
+        generate_kwargs = {
+            "generation_config": HFGenerationConfig(do_sample=False, max_new_tokens=cfg.max_new_tokens, **ids)
+        }
     texts, token_ids = [], []
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", unit="batch"):
         batch = tokenizer(prompts[start : start + cfg.batch_size], return_tensors="pt", padding=True).to(device)
-        output = model.generate(**batch, generation_config=sampling)
+        with fast_sampling(model, len(batch["input_ids"])):
+            output = model.generate(**batch, **generate_kwargs)
         responses = output[:, batch["input_ids"].shape[1] :]
         lengths = response_mask_until_eos(responses, tokenizer.eos_token_id).sum(1)
         for row, n in zip(responses, lengths, strict=True):

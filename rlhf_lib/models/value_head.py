@@ -96,13 +96,16 @@ class _ModelWithValueHead(nn.Module):
             model.v_head.load_state_dict(load_file(path / VALUE_HEAD_WEIGHTS))
         return model
 
-    def _trunk_forward(self, input_ids, attention_mask, logits_to_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _trunk_forward(
+        self, input_ids, attention_mask, logits_to_keep: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 0
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int | torch.Tensor = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (logits, values) for the last `logits_to_keep` positions (0 keeps all)."""
+        """Return (logits, values) at the last `logits_to_keep` positions (0 keeps all), or at the positions
+        a 1-D index tensor names."""
         logits, hidden = self._trunk_forward(input_ids, attention_mask, logits_to_keep)
         return logits, self.v_head(hidden)
 
@@ -122,6 +125,8 @@ class AutoModelForCausalLMWithValueHead(_ModelWithValueHead):
             use_cache=False,
         )
         hidden = out.hidden_states[-1]
-        if logits_to_keep:
+        if isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden[:, logits_to_keep]
+        elif logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         return out.logits, hidden

@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lib.allocator import keep_freed_memory
 from rlhf_lib.callbacks import MetricsSink
@@ -43,6 +43,7 @@ from rlhf_lib.ppo.rollout import (
     sample_responses,
 )
 from rlhf_lib.precision import cast_frozen_weights, use_bf16
+from rlhf_lib.sampling import Sampling
 
 CHECKPOINTS_TO_KEEP = 2
 logger = logging.getLogger(__name__)
@@ -96,12 +97,11 @@ class PPOTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: 1.0 - update / total_updates)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.kl_ctl = KLController(config.kl_coef, config.adaptive_kl_target, config.adaptive_kl_horizon)
-        self.generation_config = GenerationConfig(
-            do_sample=True,
-            temperature=config.temperature,
-            top_k=config.top_k or None,
-            top_p=config.top_p,
-            max_new_tokens=config.max_new_tokens,
+        self.sampling = Sampling.create(
+            config.temperature,
+            config.top_k,
+            config.top_p,
+            config.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
@@ -116,11 +116,12 @@ class PPOTrainer:
     def prompts_for_step(self, step: int) -> list[str]:
         """The prompts of iteration `step`: a seeded permutation per pass, so resume needs only `step`."""
         size, n = self.config.batch_size, len(self.prompts)
-        picked = []
+        picked, orders = [], {}  # one permutation per pass touched (a batch can straddle two)
         for position in range(step * size, (step + 1) * size):
             epoch, offset = divmod(position, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed + epoch))
-            picked.append(self.prompts[order[offset]])
+            if epoch not in orders:
+                orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed + epoch))
+            picked.append(self.prompts[orders[epoch][offset]])
         return picked
 
     # ---- one PPO iteration ---------------------------------------------------------------------
@@ -135,7 +136,7 @@ class PPOTrainer:
                 tokenizer,
                 prompts,
                 cfg.max_prompt_length,
-                self.generation_config,
+                self.sampling,
                 record_policy=cfg.logprobs_from_generation,
             )
         responses = input_ids[:, prompt_width:]

@@ -1,7 +1,10 @@
 """The CPU allocator setting: a freed large block is reused, not unmapped and faulted in again.
 
-Measured in a fresh interpreter, as in a stage process: in the test process, objects from hundreds
-of collected test modules land beside freed blocks and blur the count.
+Measured in a fresh interpreter that has imported the trainers, as a stage process has: in the test
+process, objects from hundreds of collected test modules land beside freed blocks and blur the count.
+With torch alone imported, glibc 2.36 did not reuse the block: torch asks for 64-byte-aligned memory,
+glibc's memalign needs a free chunk 96 bytes larger than the request, and the heap layout decides
+whether the freed block has that slack.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ WARM_UP = 2  # the first blocks grow the heap and fault in once
 
 _MEASURE = f"""
 import resource, torch
+import rlhf_lib.ppo.trainer, rlhf_lib.sft_trainer  # what a stage process holds
 from rlhf_lib.allocator import keep_freed_memory
 
 def faults_to_fill_a_fresh_block():

@@ -1,17 +1,17 @@
-"""Rollout shortcuts checked against the plain computation: generation-recorded log-probs and values,
-and the contiguous LM-head input."""
+"""Rollout shortcuts checked against the plain computation: generation-recorded log-probs and values
+(sampled through the prepacked head and, for LoRA, merged adapters), and the contiguous LM-head input."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GenerationConfig
 
 from rlhf_lib.config import LoraSettings, ModelConfig
 from rlhf_lib.models.loading import load_causal_lm, load_tokenizer
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.core import response_mask_until_eos
 from rlhf_lib.ppo.rollout import response_logprobs_and_values, sample_responses
+from rlhf_lib.sampling import Sampling
 
 PROMPTS = ["the movie was", "i loved this story , it", "a terrible"]
 
@@ -27,16 +27,10 @@ def test_logprobs_and_values_recorded_during_generation_match_a_full_forward(tin
         for name, param in model.named_parameters():
             if "lora_B" in name or "v_head" in name:
                 param.add_(torch.randn_like(param) * 0.5)
-    generation = GenerationConfig(
-        do_sample=True,
-        temperature=temperature,
-        max_new_tokens=10,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    sampling = Sampling.create(temperature, 0, 1.0, 10, tokenizer.pad_token_id, tokenizer.eos_token_id)
     with torch.no_grad():
         ids, attention_mask, prompt_width, recorded = sample_responses(
-            model, tokenizer, PROMPTS, 64, generation, record_policy=True
+            model, tokenizer, PROMPTS, 64, sampling, record_policy=True
         )
         width = ids.shape[1] - prompt_width
         logprobs, values, _ = response_logprobs_and_values(model, ids, attention_mask, width, temperature)
