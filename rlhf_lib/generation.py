@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhf_lib.config import GenerationConfig
 from rlhf_lib.models.decoding import fast_sampling
 from rlhf_lib.ppo.core import logprobs_of_labels, response_mask_until_eos
+from rlhf_lib.ppo.rollout import predicting_positions
 from rlhf_lib.sampling import Sampling
 
 
@@ -60,8 +61,9 @@ def sequence_kl(
         prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
         ids = torch.cat([prompt_ids, response]).unsqueeze(0).to(device)
         width = len(response)
+        positions = predicting_positions(ids, width)
         logp = [
-            logprobs_of_labels(m(input_ids=ids, logits_to_keep=width + 1).logits[:, :-1], ids[:, -width:])
+            logprobs_of_labels(m(input_ids=ids, logits_to_keep=positions).logits, ids[:, -width:])
             for m in (policy, reference)
         ]
         kls.append((logp[0] - logp[1]).sum().item())

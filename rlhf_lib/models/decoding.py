@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -107,7 +107,5 @@ def merged_lora(model: nn.Module) -> Iterator[bool]:
 @contextmanager
 def fast_sampling(model: PreTrainedModel, rows: int) -> Iterator[None]:
     """`merged_lora` and `prepacked_lm_head` together, for a `generate` call of `rows` sequences."""
-    with ExitStack() as stack:
-        stack.enter_context(merged_lora(model))
-        stack.enter_context(prepacked_lm_head(model, rows))
+    with merged_lora(model), prepacked_lm_head(model, rows):
         yield
