@@ -33,7 +33,7 @@ def generate_responses(
     texts, token_ids = [], []
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", unit="batch"):
         batch = tokenizer(prompts[start : start + cfg.batch_size], return_tensors="pt", padding=True).to(device)
-        with fast_sampling(model, len(batch["input_ids"])):
+        with fast_sampling(model):
             output = model.generate(**batch, **generate_kwargs)
         responses = output[:, batch["input_ids"].shape[1] :]
         lengths = response_mask_until_eos(responses, tokenizer.eos_token_id).sum(1)

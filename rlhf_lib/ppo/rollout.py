@@ -62,7 +62,7 @@ def sample_responses(
         device
     )
     recording = recording_last_hidden_states(model.pretrained_model) if record_policy else nullcontext()
-    with fast_sampling(model.pretrained_model, len(prompts)), recording as hidden:
+    with fast_sampling(model.pretrained_model), recording as hidden:
         output = model.generate(
             **encoded, **sampling.generate_kwargs(return_dict_in_generate=True, output_logits=record_policy)
         )

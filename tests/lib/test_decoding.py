@@ -1,5 +1,5 @@
-"""Decoding shortcuts against the plain model: the prepacked LM head and merged LoRA adapters give the
-same logits, and the model is as it was after the block."""
+"""Decoding shortcuts against the plain model: the small-batch linear kernel and merged LoRA adapters give
+the same logits, and the model is as it was after the block."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rlhf_lib.config import LoraSettings, ModelConfig
-from rlhf_lib.models.decoding import merged_lora, prepacked_lm_head
+from rlhf_lib.models import small_rows_linear
+from rlhf_lib.models.decoding import merged_lora, small_rows_linears
 from rlhf_lib.models.loading import load_causal_lm
 from rlhf_lib.precision import cast_frozen_weights
 
@@ -24,25 +25,45 @@ def _lora_model(tiny_lm_dir):
     return model
 
 
-def test_prepacked_head_gives_the_plain_heads_logits_and_goes_away(tiny_lm_dir):
+def test_small_rows_linears_decode_like_the_plain_model_and_go_away(tiny_lm_dir, monkeypatch):
     model = load_causal_lm(ModelConfig(name_or_path=tiny_lm_dir)).eval()
-    with torch.inference_mode():
-        plain = model(input_ids=IDS).logits
-        with prepacked_lm_head(model, rows=4) as packed:
-            fast = model(input_ids=IDS).logits
+    calls, kernel = [], small_rows_linear.small_rows_linear
+
+    def counted(*args):
+        out = kernel(*args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(small_rows_linear, "small_rows_linear", counted)
+    greedy = {"max_new_tokens": 6, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
+    with torch.no_grad():
+        plain = model.generate(input_ids=IDS, attention_mask=torch.ones_like(IDS), **greedy)
+        with small_rows_linears(model) as switched:
+            fast = model.generate(input_ids=IDS, attention_mask=torch.ones_like(IDS), **greedy)
         after = model(input_ids=IDS).logits
-    assert packed, "oneDNN prepacking should be available on this CPU build of torch"
-    assert torch.allclose(fast, plain, atol=1e-5)
-    assert "forward" not in vars(model.get_output_embeddings())
-    assert torch.equal(after, plain)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert switched == len(linears) > 0
+    # 4 rows a step: the 5 decoding steps go through the kernel, and so does the prefill's LM head (it sees
+    # the last position of each row); the prefill's layers multiply 36 rows and fall through.
+    assert calls.count(True) == 5 * len(linears) + 1 and calls.count(False) == len(linears) - 1
+    assert torch.equal(fast.sequences, plain.sequences)
+    torch.testing.assert_close(torch.stack(fast.logits), torch.stack(plain.logits), rtol=1e-5, atol=1e-5)
+    assert not any("forward" in vars(m) for m in linears)
+    with torch.no_grad():
+        assert torch.equal(after, model(input_ids=IDS).logits)
 
 
-def test_prepacked_head_falls_through_when_gradients_are_needed(tiny_lm_dir):
+def test_small_rows_linears_fall_through_with_grad_and_keep_an_own_forward(tiny_lm_dir):
     model = load_causal_lm(ModelConfig(name_or_path=tiny_lm_dir))
-    with prepacked_lm_head(model, rows=4):
-        logits = model(input_ids=IDS).logits
+    head = model.get_output_embeddings()
+    own_forward = head.forward  # an instance-level forward, as accelerate's hooks install
+    head.forward = own_forward
+    with small_rows_linears(model) as switched:
+        logits = model(input_ids=IDS[:, :1]).logits
+    assert switched
     logits.sum().backward()
-    assert model.get_output_embeddings().weight.grad is not None
+    assert head.weight.grad is not None
+    assert vars(head)["forward"] is own_forward
 
 
 def test_merged_lora_gives_the_adapted_logits_and_restores_the_base(tiny_lm_dir):

@@ -1,5 +1,5 @@
 """Rollout shortcuts checked against the plain computation: generation-recorded log-probs and values
-(sampled through the prepacked head and, for LoRA, merged adapters), and the contiguous LM-head input."""
+(sampled through the small-batch linear kernel and, for LoRA, merged adapters), and the contiguous LM-head input."""
 
 from __future__ import annotations
 
