@@ -25,26 +25,29 @@ def small_rows_linears(model: nn.Module) -> Iterator[int]:
     12 ms for the LM head). Calls with more rows (the prompt's prefill), with grad or under autocast fall
     through to the plain linear. Yields how many linears were switched (0 where the kernel is unavailable).
     """
-    linears = [
-        module
-        for module in model.modules()
-        if isinstance(module, nn.Linear) and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
-    ]
+    linears = [module for module in model.modules() if _plain_fp32_cpu_linear(module)]
     if not linears or not small_rows_linear.available():
         yield 0
         return
-    # An instance-level forward (accelerate's hooks set one) is wrapped and put back afterwards.
-    own_forwards = {linear: vars(linear).get("forward") for linear in linears}
     for linear in linears:
         linear.forward = _small_rows_forward(linear, linear.forward)
     try:
         yield len(linears)
     finally:
-        for linear, own_forward in own_forwards.items():
-            if own_forward is None:
-                del linear.forward  # the class's forward is back
-            else:
-                linear.forward = own_forward
+        for linear in linears:
+            del linear.forward  # the instance attribute; the class's forward is back
+
+
+def _plain_fp32_cpu_linear(module: nn.Module) -> bool:
+    # A subclass that overrides forward, or a module with a forward of its own (accelerate's hooks set
+    # one), computes more than x @ W.T + b: those are left alone.
+    return (
+        isinstance(module, nn.Linear)
+        and type(module).forward is nn.Linear.forward
+        and "forward" not in vars(module)
+        and module.weight.device.type == "cpu"
+        and module.weight.dtype == torch.float32
+    )
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]

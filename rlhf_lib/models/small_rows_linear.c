@@ -7,6 +7,7 @@
  * Each thread takes a contiguous run of weight rows, two at a time, so its reads are sequential.
  */
 #include <stddef.h>
+#include <stdint.h>
 
 #if defined(__AVX512F__)
 #define LANES 16
@@ -19,6 +20,11 @@ typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
 #define PREFETCH_AHEAD 2048
 
 static inline vec load(const float* p) { vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
+/* Near the end of the weight this address lies past it: a prefetch never faults (GCC's documentation),
+ * and computing the address as an integer keeps the expression itself valid. */
+static inline void prefetch_ahead(const float* p) {
+  __builtin_prefetch((const void*)((uintptr_t)p + PREFETCH_AHEAD * sizeof(float)));
+}
 static inline float lane_sum(vec v) { float s = 0; for (int i = 0; i < LANES; i++) s += v[i]; return s; }
 
 /* One function per row count, so that the accumulators live in registers. */
@@ -34,8 +40,8 @@ static void linear_##ROWS(const float* x, const float* w, const float* bias, flo
     for (int m = 0; m < ROWS; m++) acc0[m] = acc1[m] = (vec){0};                                         \
     for (int k = 0; k < k_in; k += LANES) {                                                              \
       const vec a = load(w0 + k), b = load(w1 + k);                                                      \
-      __builtin_prefetch(w0 + k + PREFETCH_AHEAD);                                                       \
-      __builtin_prefetch(w1 + k + PREFETCH_AHEAD);                                                       \
+      prefetch_ahead(w0 + k);                                                                            \
+      prefetch_ahead(w1 + k);                                                                            \
       for (int m = 0; m < ROWS; m++) {                                                                   \
         const vec xv = load(x + (size_t)m * k_in + k);                                                   \
         acc0[m] += a * xv;                                                                               \

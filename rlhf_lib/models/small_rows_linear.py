@@ -26,9 +26,13 @@ logger = logging.getLogger(__name__)
 
 MAX_ROWS = 8
 _SOURCE = Path(__file__).with_name("small_rows_linear.c")
-# -march=native: the kernel is built for the machine it runs on (the cache key holds the CPU's flags).
+# -march=native: the kernel is built for the machine it runs on (the cache key names the CPU).
 # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
 def _cache_dir() -> Path:
@@ -37,11 +41,20 @@ def _cache_dir() -> Path:
 
 
 def _cpu_signature() -> str:
+    """The CPU's model and instruction-set flags, so that a cache shared by machines holds one build per CPU."""
     try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = ""
-    return f"{platform.machine()} {platform.processor()} {flags}"
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    described = sorted({line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features")})
+    # Without /proc/cpuinfo, one build per host rather than risk an illegal instruction.
+    return "\n".join([platform.machine(), platform.processor(), *(described or [platform.node()])])
+
+
+def _library_path(compiler: str) -> Path:
+    """Where the build for this source, compiler, flags and CPU is cached."""
+    key = hashlib.sha256("\n".join([_SOURCE.read_text(), compiler, *_FLAGS, _cpu_signature()]).encode()).hexdigest()
+    return _cache_dir() / f"small_rows_linear-{key[:16]}.so"
 
 
 def _compile(compiler: str, library: Path) -> None:
@@ -51,7 +64,12 @@ def _compile(compiler: str, library: Path) -> None:
     os.close(fd)
     try:
         subprocess.run(
-            [compiler, *_FLAGS, str(_SOURCE), "-o", staging], check=True, capture_output=True, text=True, timeout=120
+            [compiler, *_FLAGS, str(_SOURCE), "-o", staging],
+            check=True,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=120,
         )
         os.replace(staging, library)
     finally:
@@ -61,11 +79,22 @@ def _compile(compiler: str, library: Path) -> None:
 def _self_check(kernel: ctypes._CFuncPtr, lanes: int) -> None:
     """A miscompiled kernel must not reach a model: compare one small product with torch's."""
     generator = torch.Generator().manual_seed(0)
-    x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((3, 2 * lanes), (5, 2 * lanes), (5,)))
-    out = torch.empty(3, 5)
+    shapes = ((3, 2 * lanes), (5, 2 * lanes), (5,))
+    x, weight, bias = (torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu") for shape in shapes)
+    out = torch.empty(3, 5, dtype=torch.float32, device="cpu")
     kernel(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(), 3, 5, 2 * lanes, 1)
     if not torch.allclose(out, torch.addmm(bias, x, weight.T), atol=1e-5):
         raise RuntimeError("the compiled kernel disagrees with torch on a 3 x 5 product")
+
+
+def _load(library: Path) -> tuple[ctypes._CFuncPtr, int]:
+    handle = ctypes.CDLL(str(library))
+    kernel = handle.rlhf_small_rows_linear
+    kernel.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
+    kernel.restype = ctypes.c_int
+    lanes = handle.rlhf_small_rows_linear_lanes()
+    _self_check(kernel, lanes)
+    return kernel, lanes
 
 
 @functools.cache
@@ -73,27 +102,22 @@ def _kernel() -> tuple[ctypes._CFuncPtr, int] | None:
     """(the kernel, its vector width in floats), or None where it cannot be built or is turned off."""
     if os.environ.get("RLHF_NATIVE_KERNELS", "1") == "0":
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = _compiler()
     try:
         if not compiler:
             raise FileNotFoundError("no C compiler on PATH (cc, gcc; or set CC)")
-        key = hashlib.sha256(
-            "\n".join([_SOURCE.read_text(), compiler, *_FLAGS, _cpu_signature()]).encode()
-        ).hexdigest()[:16]
-        library = _cache_dir() / f"small_rows_linear-{key}.so"
-        if not library.exists():
-            _compile(compiler, library)
-        handle = ctypes.CDLL(str(library))
-        kernel = handle.rlhf_small_rows_linear
-        kernel.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
-        kernel.restype = ctypes.c_int
-        lanes = handle.rlhf_small_rows_linear_lanes()
-        _self_check(kernel, lanes)
-    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        library = _library_path(compiler)
+        if library.exists():
+            try:
+                return _load(library)
+            except Exception:  # a damaged cached build: build it again, once
+                library.unlink(missing_ok=True)
+        _compile(compiler, library)
+        return _load(library)
+    except Exception as error:  # any failure leaves torch's linear in charge, never a crash
         detail = getattr(error, "stderr", None) or error
         logger.warning("small-batch fp32 kernel unavailable, sampling uses torch's linear: %s", detail)
         return None
-    return kernel, lanes
 
 
 def available() -> bool:
@@ -115,9 +139,11 @@ def small_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     tensors = (x, weight) if bias is None else (x, weight, bias)
     if not 1 <= rows <= MAX_ROWS or width % lanes or weight.dim() != 2 or weight.shape[1] != width:
         return None
+    if (bias is not None and bias.shape != weight.shape[:1]) or weight.shape[0] >= 2**31 or width >= 2**31:
+        return None
     if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
         return None
-    out = torch.empty(*x.shape[:-1], weight.shape[0])
+    out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.float32, device="cpu")
     bias_pointer = None if bias is None else bias.data_ptr()
     status = kernel(
         x.data_ptr(),

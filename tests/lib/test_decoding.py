@@ -53,17 +53,34 @@ def test_small_rows_linears_decode_like_the_plain_model_and_go_away(tiny_lm_dir,
         assert torch.equal(after, model(input_ids=IDS).logits)
 
 
-def test_small_rows_linears_fall_through_with_grad_and_keep_an_own_forward(tiny_lm_dir):
+def test_small_rows_linears_fall_through_with_grad(tiny_lm_dir):
     model = load_causal_lm(ModelConfig(name_or_path=tiny_lm_dir))
-    head = model.get_output_embeddings()
-    own_forward = head.forward  # an instance-level forward, as accelerate's hooks install
-    head.forward = own_forward
     with small_rows_linears(model) as switched:
         logits = model(input_ids=IDS[:, :1]).logits
     assert switched
     logits.sum().backward()
-    assert head.weight.grad is not None
+    assert model.get_output_embeddings().weight.grad is not None
+
+
+def test_small_rows_linears_leave_hooked_or_subclassed_linears_alone_and_survive_errors(tiny_lm_dir):
+    model = load_causal_lm(ModelConfig(name_or_path=tiny_lm_dir)).eval()
+    head = model.get_output_embeddings()
+    own_forward = head.forward  # an instance-level forward, as accelerate's hooks install
+    head.forward = own_forward
+
+    class ScaledLinear(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    layer = model.model.layers[0]
+    layer.mlp.down_proj.__class__ = ScaledLinear
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with pytest.raises(KeyError), small_rows_linears(model) as switched:
+        assert switched == len(linears) - 2
+        assert vars(head)["forward"] is own_forward and "forward" not in vars(layer.mlp.down_proj)
+        raise KeyError("an error inside the block")
     assert vars(head)["forward"] is own_forward
+    assert not any("forward" in vars(m) for m in linears if m is not head)
 
 
 def test_merged_lora_gives_the_adapted_logits_and_restores_the_base(tiny_lm_dir):

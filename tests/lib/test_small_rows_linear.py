@@ -4,6 +4,8 @@ is built (once per machine, cached; a failed build warns and leaves torch's line
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -77,6 +79,17 @@ def test_kernel_is_built_once_per_machine_and_reused(fresh_build):
     again = library.stat()
     assert (again.st_ino, again.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
     assert [p.name for p in fresh_build.iterdir()] == [library.name], "no staging file left behind"
+
+
+def test_a_damaged_cached_build_is_built_again(fresh_build, monkeypatch):
+    library = kernel_module._library_path(kernel_module._compiler())
+    library.parent.mkdir(parents=True)
+    library.write_bytes(b"not a shared library")
+    # A new process, because this one may have loaded a library of that name already.
+    code = "from rlhf_lib.models.small_rows_linear import available; print(available())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "True", result.stderr
+    assert library.read_bytes()[:4] == b"\x7fELF"
 
 
 def test_a_failed_build_warns_and_leaves_torch_in_charge(fresh_build, monkeypatch, caplog):
