@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rlhf_lib.io import atomic_dir
+from rlhf_lib.models.adapters import adapters_off
 from rlhf_lib.models.lm_head import make_lm_head_input_contiguous
 
 VALUE_HEAD_WEIGHTS = "value_head.safetensors"
@@ -60,7 +61,7 @@ class _ModelWithValueHead(nn.Module):
         """Context in which the trunk is the frozen reference: LoRA adapters off (no second copy)."""
         if not self.is_peft:
             raise RuntimeError("reference_mode needs a LoRA policy; keep a frozen copy for full fine-tuning")
-        return self.pretrained_model.disable_adapter()
+        return adapters_off(self.pretrained_model)
 
     def generate(self, *args, **kwargs) -> torch.Tensor:
         return self.pretrained_model.generate(*args, **kwargs)

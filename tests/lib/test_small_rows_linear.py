@@ -29,7 +29,7 @@ def _float64_linear(x, weight, bias):
 
 
 @pytest.mark.parametrize("rows", range(1, MAX_ROWS + 1))
-@pytest.mark.parametrize(("n_out", "width", "with_bias"), [(1, 16, False), (7, 48, True), (64, 576, False)])
+@pytest.mark.parametrize(("n_out", "width", "with_bias"), [(1, 64, False), (7, 80, True), (64, 576, False)])
 def test_kernel_matches_a_float64_product(rows, n_out, width, with_bias):
     assert available(), "the kernel should build here (gcc with OpenMP); see the logged warning"
     generator = torch.Generator().manual_seed(rows * 1000 + n_out)
@@ -49,25 +49,55 @@ def test_leading_dimensions_count_as_rows():
 
 
 @pytest.mark.parametrize(
-    "case", ["9 rows", "no rows", "width 20", "bf16", "strided input", "width mismatch", "strided weight"]
+    "case",
+    [
+        "9 rows",
+        "no rows",
+        "width 84",
+        "width 32",
+        "bf16",
+        "strided input",
+        "strided weight",
+        "width mismatch",
+        "short bias",
+    ],
 )
 def test_kernel_declines_what_it_does_not_cover(case):
-    x, weight = torch.randn(4, 64), torch.randn(10, 64)
+    x, weight, bias = torch.randn(4, 64), torch.randn(10, 64), None
     if case == "9 rows":
         x = torch.randn(MAX_ROWS + 1, 64)
     elif case == "no rows":
         x = torch.randn(0, 64)
-    elif case == "width 20":
-        x, weight = torch.randn(4, 20), torch.randn(10, 20)
+    elif case == "width 84":  # not a multiple of the vector width
+        x, weight = torch.randn(4, 84), torch.randn(10, 84)
+    elif case == "width 32":  # below MIN_WIDTH
+        x, weight = torch.randn(4, 32), torch.randn(10, 32)
     elif case == "bf16":
         x, weight = x.bfloat16(), weight.bfloat16()
     elif case == "strided input":
         x = torch.randn(64, 4).T
     elif case == "width mismatch":
         weight = torch.randn(10, 48)
-    else:
+    elif case == "short bias":
+        bias = torch.randn(9)
+    else:  # strided weight
         weight = torch.randn(64, 10).T
-    assert small_rows_linear(x, weight, None) is None
+    assert small_rows_linear(x, weight, bias) is None
+
+
+def test_the_8_lane_build_matches_a_float64_product(fresh_build):
+    """CPUs without AVX-512 get the 8-lane build (AVX2): its own lane-sum tree, checked here on this x86 CPU."""
+    library = fresh_build / "eight_lanes.so"
+    kernel_module._compile(kernel_module._compiler(), library, [*kernel_module._FLAGS, "-mno-avx512f"])
+    kernel, lanes = kernel_module._load(library)  # the load runs the self-check too
+    assert lanes == 8
+    generator = torch.Generator().manual_seed(1)
+    for rows, n_out, width in [(8, 33, 72), (3, 64, 576), (1, 2, 8)]:
+        x, weight = torch.randn(rows, width, generator=generator), torch.randn(n_out, width, generator=generator)
+        bias = torch.randn(n_out, generator=generator)
+        out = torch.empty(rows, n_out)
+        assert kernel(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(), rows, n_out, width, 2) == 0
+        torch.testing.assert_close(out, _float64_linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
 
 def test_kernel_is_built_once_per_machine_and_reused(fresh_build):
