@@ -44,7 +44,8 @@ class ModelConfig(_Config):
     gguf_file: str | None = None
     """GGUF file inside `name_or_path`; it is dequantised once into `converted_dir` and reused."""
     converted_dir: str | None = None
-    """Where the plain safetensors copy of a GGUF model (or a built tiny model) goes; default ~/.cache/rlhf_lib/."""
+    """Where the plain safetensors copy of a GGUF model (or a built tiny model) goes; default ~/.cache/rlhf_lib/
+    ($XDG_CACHE_HOME/rlhf_lib/ where that is set)."""
     trust_remote_code: bool = False
     """Run model code shipped with a Hub repository. Off unless you trust the repository."""
     lora: LoraSettings | None = None

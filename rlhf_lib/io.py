@@ -1,4 +1,5 @@
-"""Atomic writes: a reader (or a resumed run) never sees a half-written file or folder."""
+"""Files on disk: the library's cache folder, and atomic writes (a reader, or a resumed run, never sees a
+half-written file or folder)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def cache_root() -> Path:
+    """Where the library caches what it builds once (converted models, compiled kernels): rlhf_lib under
+    $XDG_CACHE_HOME, else ~/.cache."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlhf_lib"
 
 
 @contextmanager

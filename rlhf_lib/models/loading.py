@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from rlhf_lib.config import ConfigError, ModelConfig
+from rlhf_lib.io import cache_root
 from rlhf_lib.models.lm_head import make_lm_head_input_contiguous
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     gguf_path = Path(source) / cfg.gguf_file
     if not gguf_path.is_file():
         raise ModelSourceError(f"model.gguf_file: {gguf_path} does not exist")
-    target = Path(cfg.converted_dir or Path.home() / ".cache" / "rlhf_lib" / gguf_path.stem)
+    target = Path(cfg.converted_dir or cache_root() / gguf_path.stem)
     if not (target / "config.json").is_file():
         convert_gguf_to_safetensors(gguf_path, target)
     return str(target)
@@ -76,7 +77,7 @@ def _tiny_model_dir(kind: str, converted_dir: str | None) -> Path:
 
     if kind not in TINY_KINDS:
         raise ModelSourceError(f"model.name_or_path: unknown tiny model {kind!r}; choose from {TINY_KINDS}")
-    target = Path(converted_dir or Path.home() / ".cache" / "rlhf_lib" / f"tiny-{kind}")
+    target = Path(converted_dir or cache_root() / f"tiny-{kind}")
     if not (target / "config.json").is_file():
         build = tiny.save_tiny_causal_lm if kind == "causal-lm" else tiny.save_tiny_reward_backbone
         _write_atomically(target, build)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from rlhf_lib.io import cache_root
+
 logger = logging.getLogger(__name__)
 
 MAX_ROWS = 8
@@ -35,11 +37,6 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
 def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rlhf_lib" / "kernels"
 
 
 def _cpu_signature() -> str:
@@ -56,7 +53,7 @@ def _cpu_signature() -> str:
 def _library_path(compiler: str) -> Path:
     """Where the build for this source, compiler, flags and CPU is cached."""
     key = hashlib.sha256("\n".join([_SOURCE.read_text(), compiler, *_FLAGS, _cpu_signature()]).encode()).hexdigest()
-    return _cache_dir() / f"small_rows_linear-{key[:16]}.so"
+    return cache_root() / "kernels" / f"small_rows_linear-{key[:16]}.so"
 
 
 def _compile(compiler: str, library: Path, flags: list[str] = _FLAGS) -> None:
