@@ -12,16 +12,19 @@ import time
 from flows.pipeline import rlhf_pipeline
 from tasks.cli import OFFLINE_ENV, summary_table
 
+DEMO_EXPERIMENT = "demo"
+
 
 def main() -> None:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     started = time.perf_counter()
-    rlhf_pipeline()
+    rlhf_pipeline(experiment=DEMO_EXPERIMENT)
     print(f"\nPipeline finished in {(time.perf_counter() - started) / 60:.1f} min.\n")
     print(summary_table())
-    print("\nSamples: reports/samples.json   Metrics: metrics/*.json   Curves: .venv/bin/dvc plots show")
-    print("MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (open :5000)")
+    print(f"\nSaved as the DVC experiment '{DEMO_EXPERIMENT}': source .venv/bin/activate, then `dvc exp show`")
+    print("Samples: reports/samples.json   Metrics: metrics/*.json   Curves: dvc plots show (dvc_plots/index.html)")
+    print("MLflow:  mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (open :5000)")
     print("Registry: models rlhf-policy (aliases candidate, champion) and rlhf-reward-model")
 
 

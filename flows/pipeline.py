@@ -1,9 +1,11 @@
 """Prefect flow `rlhf-pipeline`: the DVC stages as Prefect tasks, in order, each in its own process.
 
 Each task runs `dvc repro --single-item <stage>`, so DVC decides whether the stage is stale and
-records what ran in dvc.lock: after a flow run, `dvc repro` finds everything up to date, and a
-flow run after a finished `dvc repro` skips every stage. A stage that fails for a transient reason
-is retried (training resumes from its last checkpoint); invalid params or data are not retried.
+records what ran in dvc.lock: after a flow run on params.yaml, `dvc repro` finds everything up to
+date, and a flow run after a finished `dvc repro` skips every stage. A stage that fails for a
+transient reason is retried (training resumes from its last checkpoint); invalid params or data are
+not retried. Every finished run is saved as a DVC experiment; a run with a profile or overrides
+uses them for itself only and leaves params.yaml byte for byte as it found it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +25,21 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
-from rlhf_lib.io import atomic_write_text
+from rlhf_lib.config import ConfigError
+from rlhf_lib.io import atomic_write_bytes, atomic_write_text
 from tasks.cli import EXIT_BAD_INPUT, OFFLINE_ENV, STAGES, summary_table
-from tasks.params import load_params
+from tasks.params import params_from_text
 from tasks.tracking import PIPELINE_RUN_ENV
 
 PARAMS_FILE = Path("params.yaml")
+# What a DVC experiment of a flow run holds besides tracked files (cache: false outputs, in git).
+EXPERIMENT_FILES = ("dvc.lock", "metrics", "reports")
 OUTPUT_TAIL_LINES = 40
+PROGRESS_LOG_SECONDS = 10.0
 _EXIT_CODE = re.compile(r"exited with (-?\d+)")
+_PROGRESS = re.compile(r"\d+/\d+ \[[^\]]*(it/s|s/it|step/s|s/step)")
 
 
 class StageFailed(RuntimeError):
@@ -46,7 +57,6 @@ def _retry_helps(task_, task_run, state) -> bool:
 
 def _stage_env() -> dict[str, str]:
     env = {**os.environ, **OFFLINE_ENV}
-    # `rlhf` and `dvc` live beside this interpreter; a worker's PATH may not include them.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if flow_run.id:
         env[PIPELINE_RUN_ENV] = str(flow_run.id)  # one MLflow parent run per flow run
@@ -56,18 +66,23 @@ def _stage_env() -> dict[str, str]:
 
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_helps, task_run_name="stage-{stage}")
 def run_stage(stage: str) -> str:
-    """`dvc repro --single-item <stage>`, streaming its output; returns what DVC said it did."""
+    """`dvc repro --single-item <stage>`, its output sent to the Prefect logs; returns what DVC said it did."""
     logger = get_run_logger()
-    dvc = Path(sys.executable).parent / "dvc"
-    command = [str(dvc if dvc.exists() else "dvc"), "repro", "--single-item", stage]
+    command = [_tool("dvc"), "repro", "--single-item", stage]
     logger.info("running %s", " ".join(command))
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+    last_progress = 0.0
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_stage_env()
     ) as process:
-        for line in process.stdout:
-            print(line, end="", flush=True)
-            tail.append(line.rstrip())
+        for line in process.stdout:  # text mode splits progress bars' carriage returns into lines too
+            line = line.rstrip()
+            tail.append(line)
+            if not _PROGRESS.search(line):
+                logger.info(line)
+            elif time.monotonic() - last_progress > PROGRESS_LOG_SECONDS:  # bars redraw many times a second
+                logger.info(line)
+                last_progress = time.monotonic()
     if process.returncode != 0:
         code = next((int(m.group(1)) for line in reversed(tail) if (m := _EXIT_CODE.search(line))), None)
         raise StageFailed(stage, code, "\n".join(tail))
@@ -75,41 +90,96 @@ def run_stage(stage: str) -> str:
     return "up to date" if skipped else "ran"
 
 
-def write_params(profile: str | None, overrides: dict[str, Any] | None) -> None:
-    """Copy a profile over params.yaml and apply dotted-key overrides; validated before any stage runs."""
+def _tool(name: str) -> str:
+    # `rlhf` and `dvc` live beside this interpreter; a worker's PATH may not include them.
+    path = Path(sys.executable).parent / name
+    return str(path if path.exists() else name)
+
+
+def run_params_text(profile: str | None, overrides: dict[str, Any] | None) -> str | None:
+    """The params file this run uses, as text, or None to use params.yaml as it is; validated in memory.
+
+    profile: a params file that replaces params.yaml for this run; overrides: dotted keys set on top.
+    Raises ConfigError naming the bad key; nothing is written either way.
+    """
     if profile is None and not overrides:
-        return
+        return None
     source = Path(profile) if profile else PARAMS_FILE
     if not source.is_file():
-        raise FileNotFoundError(f"profile {source} does not exist")
-    if not overrides:  # a verbatim copy keeps the profile's comments
-        atomic_write_text(PARAMS_FILE, source.read_text())
+        raise ConfigError(f"profile {source} does not exist")
+    text = source.read_text()
+    if overrides:
+        params = yaml.safe_load(text) or {}
+        for dotted, value in overrides.items():
+            *parents, leaf = dotted.split(".")
+            node = params
+            for key in parents:
+                node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {dotted}: {key} is not a section")
+            node[leaf] = value
+        text = yaml.safe_dump(params, sort_keys=False)
+    params_from_text(text)  # every key checked before anything is written
+    return text
+
+
+@contextmanager
+def params_for_this_run(text: str | None) -> Iterator[None]:
+    """params.yaml holds `text` inside the block, and exactly its old bytes again after it, pass or fail.
+
+    DVC's stages read params.yaml; the run's own params go there only while it runs, and are kept
+    afterwards in its DVC experiment.
+    """
+    if text is None:
+        yield
         return
-    params = yaml.safe_load(source.read_text()) or {}
-    for dotted, value in (overrides or {}).items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    atomic_write_text(PARAMS_FILE, yaml.safe_dump(params, sort_keys=False))
+    original = PARAMS_FILE.read_bytes()
+    atomic_write_text(PARAMS_FILE, text)
+    try:
+        yield
+    finally:
+        atomic_write_bytes(PARAMS_FILE, original)
+
+
+def save_experiment(name: str) -> None:
+    """Record the workspace (params, dvc.lock, metrics, reports) as DVC experiment `name`, for `dvc exp show`."""
+    logger = get_run_logger()
+    command = [_tool("dvc"), "exp", "save", "--force", "--name", name]
+    command += [arg for path in EXPERIMENT_FILES if Path(path).exists() for arg in ("--include-untracked", path)]
+    result = subprocess.run(command, capture_output=True, text=True, env=_stage_env())
+    if result.returncode == 0:
+        logger.info("saved as DVC experiment %s (dvc exp show; dvc exp apply %s)", name, name)
+    else:  # e.g. not a git repository with a commit: the run itself still succeeded
+        logger.warning("could not save DVC experiment %s: %s", name, (result.stderr or result.stdout).strip())
 
 
 @flow(name="rlhf-pipeline", log_prints=False)
-def rlhf_pipeline(profile: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, str]:
+def rlhf_pipeline(
+    profile: str | None = None, overrides: dict[str, Any] | None = None, experiment: str | None = None
+) -> State | dict[str, str]:
     """Validate data, train SFT -> reward model (and the held-out judge) -> PPO, evaluate, in DVC's order.
 
-    profile: a params file copied over params.yaml first (e.g. "profiles/smoke.yaml"); None keeps params.yaml.
-    overrides: dotted keys written into params.yaml, e.g. {"ppo.kl_coef": 0.1}.
+    profile: a params file used instead of params.yaml for this run (e.g. "profiles/smoke.yaml").
+    overrides: dotted keys set for this run, e.g. {"ppo.kl_coef": 0.1}.
+    experiment: name of the DVC experiment that records the run; default: the flow run's name.
+    params.yaml is left as it was: the run's params live in its experiment (`dvc exp apply <name>`).
     """
-    write_params(profile, overrides)
-    load_params(PARAMS_FILE)  # every key checked before any stage starts
+    logger = get_run_logger()
+    try:
+        text = run_params_text(profile, overrides)
+        if text is None:
+            params_from_text(PARAMS_FILE.read_text())
+    except ConfigError as err:
+        logger.error("invalid params, nothing was run or written:\n%s", err)
+        return Failed(message=f"invalid params: {err}")
     outcome = {}
-    for stage in STAGES:  # sequential: each stage needs the one before, and 2 cores gain nothing from overlap
-        outcome[stage] = run_stage(stage)
+    with params_for_this_run(text):
+        for stage in STAGES:  # sequential: each stage needs the one before, and 2 cores gain nothing from overlap
+            outcome[stage] = run_stage(stage)
+        save_experiment(experiment or flow_run.name or "prefect-run")
     summary = summary_table()
     create_markdown_artifact(markdown=f"# SFT vs PPO\n\n{summary}\n", key="rlhf-evaluation")
-    get_run_logger().info("evaluation summary:\n%s", summary)
+    logger.info("evaluation summary:\n%s", summary)
     return outcome
 
 

@@ -96,7 +96,7 @@ class _TrainingConfig(_Config):
     """Checkpoint every this many steps (the trainer resumes from the latest one)."""
     bf16: bool | None = None
     """Train under bfloat16 autocast (fp32 master weights); None: on where bf16 matmuls are fast (a GPU with bf16,
-    a CPU with AMX/AVX512-BF16), see `rlhf_lib.precision`."""
+    a CPU with AMX/AVX512-BF16) or as RLHF_DEFAULT_PRECISION says (bf16/fp32), see `rlhf_lib.precision`."""
     seed: int = 0
     """Seed of weight init, shuffling and dropout."""
 
@@ -146,7 +146,7 @@ class PPOConfig(_Config):
     ppo_epochs: int = Field(2, gt=0)
     """Passes over each batch of rollouts."""
     learning_rate: float = Field(1e-5, gt=0.0)
-    """AdamW learning rate (constant)."""
+    """AdamW learning rate at the first update; it decays linearly to 0 at the last (as in TRL's PPO)."""
     max_grad_norm: float = Field(1.0, gt=0.0)
     """Clip the gradient norm to this value."""
     max_prompt_length: int = Field(64, gt=0)
@@ -187,7 +187,8 @@ class PPOConfig(_Config):
     """Report metrics every this many iterations."""
     bf16: bool | None = None
     """Run forward passes under bfloat16 autocast and keep frozen weights (reference copy, LoRA base) in bf16;
-    trained weights stay fp32. None: on where bf16 matmuls are fast, see `rlhf_lib.precision`."""
+    trained weights stay fp32. None: on where bf16 matmuls are fast, or as RLHF_DEFAULT_PRECISION says (bf16/fp32),
+    see `rlhf_lib.precision`."""
     logprobs_from_generation: bool = True
     """Take the rollout's log-probs and values from the generation's own forward passes, saving one forward
     of the policy per batch; False recomputes them with a full forward (the exact function the updates

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+DEFAULT_PRECISION_ENV = "RLHF_DEFAULT_PRECISION"
+"""Environment variable that fixes what `bf16: null` means: `bf16` or `fp32`; unset: the hardware decides."""
+_PRECISIONS = {"bf16": True, "fp32": False}
 
 
 def fast_bf16_available() -> bool:
@@ -18,9 +24,22 @@ def fast_bf16_available() -> bool:
     return any(check() for check in checks if check is not None)
 
 
+def default_bf16() -> bool:
+    """What `bf16: null` resolves to: RLHF_DEFAULT_PRECISION if set, else `fast_bf16_available()`.
+
+    The variable lets a user (or the test suite) get the same precision on every machine.
+    """
+    chosen = os.environ.get(DEFAULT_PRECISION_ENV, "").strip().lower()
+    if not chosen:
+        return fast_bf16_available()
+    if chosen not in _PRECISIONS:
+        raise ValueError(f"{DEFAULT_PRECISION_ENV}={chosen!r}: expected one of {sorted(_PRECISIONS)} or unset")
+    return _PRECISIONS[chosen]
+
+
 def use_bf16(requested: bool | None) -> bool:
-    """A config's `bf16` resolved: an explicit True/False wins, None means `fast_bf16_available()`."""
-    return fast_bf16_available() if requested is None else requested
+    """A config's `bf16` resolved: an explicit True/False wins, None means `default_bf16()`."""
+    return default_bf16() if requested is None else requested
 
 
 def cast_frozen_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:

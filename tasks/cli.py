@@ -19,7 +19,7 @@ OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
 }
-STAGES = ["prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"]
+STAGES = ["params", "prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"]
 # Exit codes the Prefect flow reads to decide whether a retry can help.
 EXIT_BAD_INPUT = 2  # invalid params or data: rerunning cannot fix it
 EXIT_SERVICE_DOWN = 3  # a service (the MLflow server) is unreachable: worth retrying
@@ -49,11 +49,26 @@ def _stage_function(name: str):
     return importlib.import_module(f"tasks.{name}").run
 
 
+def check_params(params_path: Path) -> None:
+    """Stage `params`: validate the whole file and leave a constant mark for the stages after it.
+
+    The mark's content never changes, so a valid edit reruns only the stages whose own params changed.
+    """
+    from rlhf_lib.io import atomic_write_json
+    from tasks.params import REPORTS_DIR, load_params
+
+    load_params(params_path)
+    atomic_write_json(REPORTS_DIR / "params_check.json", {"valid": True})
+
+
 def run_stage(name: str, params_path: Path, tracking: bool) -> dict[str, float]:
     """Validate all params, run one stage (inside its MLflow run), write metrics/<stage>.json."""
     from rlhf_lib.io import atomic_write_json
     from tasks.params import METRICS_DIR, load_params
 
+    if name == "params":
+        check_params(params_path)
+        return {}
     params = load_params(params_path)  # every key checked before any model loads
     function = _stage_function(name)
     started = time.perf_counter()

@@ -70,12 +70,13 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
             f"eval/{name}_response_words": mean(len(t.split()) for t in texts[name]),
             f"eval/{name}_distinct_2": distinct_n(texts[name], 2),
         }
+    # Prompt and the two responses first, where a reader (and MLflow's table view) looks; scores after.
     samples = [
-        {"prompt": prompt, **{name: texts[name][i] for name in POLICIES}}
+        {"prompt": prompt, **{f"{name}_response": texts[name][i] for name in POLICIES}}
         | {f"{kind}_{name}": round(per_policy[name][i], 4) for kind, per_policy in scores.items() for name in POLICIES}
         for i, prompt in enumerate(prompts)
     ]
-    atomic_write_json(REPORTS_DIR / "samples.json", samples)
+    atomic_write_json(REPORTS_DIR / "samples.json", samples, sort_keys=False)
     return metrics
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlhf_lib.config import (
@@ -130,6 +131,21 @@ def checkpoint_dir(stage: str, settings: Any, inputs: list[Path]) -> Path:
 
 def load_params(path: str | Path = "params.yaml") -> PipelineParams:
     """Read and validate params.yaml, including every trainer section, naming any bad key."""
-    params = build_config(PipelineParams, load_yaml(path), "")
+    return _validated(load_yaml(path))
+
+
+def params_from_text(text: str) -> PipelineParams:
+    """Validate the text of a params file (e.g. a profile with overrides) before it is written anywhere."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"params are not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("params: expected a YAML mapping at the top level")
+    return _validated(data)
+
+
+def _validated(data: dict[str, Any]) -> PipelineParams:
+    params = build_config(PipelineParams, data, "")
     params.sft_config(), params.reward_config(), params.ppo_config(), params.judge_config()
     return params

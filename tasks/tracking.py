@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric, RunTag
 
 from rlhf_lib.callbacks import MetricsSink
 from tasks import registry
@@ -30,6 +32,23 @@ PIPELINE_RUN_ENV = "RLHF_PIPELINE_RUN_ID"
 PIPELINE_TAG = "rlhf.pipeline_run"
 ROLE_TAG = "rlhf.role"
 PROBE_TIMEOUT_SECONDS = 5.0
+# The figures a pipeline run is judged by, copied onto its parent run so the runs table compares pipelines.
+HEADLINE_METRICS = (
+    "eval/ppo_judge_score",
+    "eval/sft_judge_score",
+    "eval/judge_win_rate_ppo",
+    "eval/kl_ppo_to_sft",
+    "eval/ppo_judge_vader",
+    "eval/sft_judge_vader",
+    "eval/ppo_reward_model_score",
+    "eval/sft_reward_model_score",
+    "reward/eval_accuracy",
+    "judge/test_accuracy",
+    "ppo/final_scores",
+    "ppo/final_kl",
+)
+# The files whose uncommitted changes make a run's git commit tag an incomplete description of it.
+LINEAGE_FILES = ("params.yaml", "dvc.yaml", "dvc.lock")
 
 
 def configure(experiment: str, fallback_to_local: bool = False) -> str:
@@ -47,7 +66,10 @@ def configure(experiment: str, fallback_to_local: bool = False) -> str:
             )
         uri = DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
+    found = mlflow.set_experiment(experiment)
+    if "mlflow.experimentKind" not in found.tags:  # open on the runs table, not MLflow's GenAI overview
+        kind = "custom_model_development"
+        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, "mlflow.experimentKind", kind)
     return uri
 
 
@@ -64,6 +86,14 @@ def git_commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
+def git_dirty_files() -> list[str]:
+    """Which of LINEAGE_FILES differ from the commit (modified, or never committed)."""
+    result = subprocess.run(
+        ["git", "status", "--porcelain", "--", *LINEAGE_FILES], capture_output=True, text=True, check=False
+    )
+    return sorted(line[3:].strip() for line in result.stdout.splitlines() if line.strip())
+
+
 def pipeline_run_key(params_path: Path) -> str:
     """The Prefect flow run id if set, else a hash of the git commit and params.yaml."""
     if key := os.environ.get(PIPELINE_RUN_ENV):
@@ -72,18 +102,23 @@ def pipeline_run_key(params_path: Path) -> str:
     return f"local-{digest}"
 
 
-def _parent_run_id(key: str, tags: dict[str, str]) -> str:
+def _parent_run_id(key: str, tags: dict[str, str], params: dict[str, str]) -> str:
+    """The pipeline's parent run, created with the resolved params on first use."""
     # Stage runs carry the pipeline tag too (so a search finds all of them); the role tells the parent apart.
     query = f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`{ROLE_TAG}` = 'pipeline'"
     found = mlflow.search_runs(filter_string=query, max_results=1, output_format="list")
     if found:
         return found[0].info.run_id
     with mlflow.start_run(run_name=f"pipeline {key}", tags={**tags, ROLE_TAG: "pipeline"}) as run:
+        mlflow.log_params(params)
         return run.info.run_id
 
 
 def dvc_data_hashes() -> dict[str, str]:
-    """md5 of each stage output recorded in dvc.lock, so a run names the exact data it used."""
+    """md5 of each data output as dvc.lock records it now, so a run names the exact data it used.
+
+    DVC writes a stage's entry when the stage ends, so a stage reading the data sees its current hash.
+    """
     lock = Path("dvc.lock")
     if not lock.is_file():
         return {}
@@ -97,18 +132,33 @@ def dvc_data_hashes() -> dict[str, str]:
     return hashes
 
 
+def lineage_tags(stage: str) -> dict[str, str]:
+    """The commit, whether params.yaml/dvc.yaml/dvc.lock differ from it, and the data hashes in dvc.lock.
+
+    `prepare` writes the data, so dvc.lock holds the previous data's hashes while it runs: it tags none.
+    """
+    dirty = git_dirty_files()
+    tags = {"rlhf.git_commit": git_commit(), "rlhf.git_dirty": str(bool(dirty)).lower()}
+    if dirty:
+        tags["rlhf.git_dirty_files"] = ", ".join(dirty)
+    return tags if stage == "prepare" else tags | dvc_data_hashes()
+
+
 @contextmanager
 def stage_run(stage: str, params: PipelineParams, params_path: Path) -> Iterator[MetricsSink]:
     """Open the stage's nested run under the pipeline's parent; yield a sink that logs metrics to it."""
     configure(params.tracking.experiment, params.tracking.fallback_to_local)
+    registry.require_own_names(params.tracking)
     key = pipeline_run_key(params_path)
-    tags = {PIPELINE_TAG: key, "rlhf.git_commit": git_commit(), **dvc_data_hashes()}
+    tags = {PIPELINE_TAG: key, **lineage_tags(stage)}
     if flow_run := os.environ.get("RLHF_PREFECT_FLOW_RUN_ID"):
         tags["prefect.flow_run_id"] = flow_run
-    parent = _parent_run_id(key, tags)
+    resolved = _flatten(params.model_dump(by_alias=True))
+    parent = _parent_run_id(key, tags, resolved)
+    mlflow.MlflowClient().log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()])  # the newest lineage
     tags |= {"rlhf.stage": stage, ROLE_TAG: "stage"}
     with mlflow.start_run(run_id=parent), mlflow.start_run(run_name=stage, nested=True, tags=tags):
-        mlflow.log_params(_flatten(params.model_dump(by_alias=True)))
+        mlflow.log_params(resolved)
 
         def sink(metrics: dict[str, float], step: int) -> None:
             mlflow.log_metrics(metrics, step=step)
@@ -117,7 +167,12 @@ def stage_run(stage: str, params: PipelineParams, params_path: Path) -> Iterator
 
 
 def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, float]) -> None:
-    """Log what a finished stage produced, beyond its metrics, to the active stage run."""
+    """Log what a finished stage produced, beyond its metrics, to the active stage run; headline metrics and
+    the registered policy also go to the pipeline's parent run."""
+    client = mlflow.MlflowClient()
+    parent = mlflow.active_run().data.tags["mlflow.parentRunId"]
+    headline = [Metric(key, metrics[key], int(time.time() * 1000), 0) for key in HEADLINE_METRICS if key in metrics]
+    client.log_batch(parent, metrics=headline)
     if stage == "validate":
         mlflow.log_artifact(str(REPORTS_DIR / "validation.json"))
     elif stage == "reward" and params.tracking.log_models:
@@ -130,14 +185,20 @@ def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, flo
         mlflow.log_artifact(str(history))
         mlflow.log_figure(ppo_curves(history), "ppo_curves.png")
     elif stage == "evaluate":
-        samples = json.loads((REPORTS_DIR / "samples.json").read_text())
+        samples = json.loads((REPORTS_DIR / "samples.json").read_text())  # columns in the file's order
         mlflow.log_table({key: [row[key] for row in samples] for key in samples[0]}, "samples.json")
         if params.tracking.log_models:
             name = params.tracking.policy_model_name
             version = registry.log_model(MODELS_DIR / "ppo", "policy", name, "text-generation")
             decision = registry.promote_candidate(name, version, metrics, params.tracking.promotion_kl_budget)
             mlflow.log_metric("eval/promoted", float(decision.promoted))
-            mlflow.set_tag("rlhf.promotion", f"{name} v{version}: {decision.reason}")
+            promotion = {
+                "rlhf.promotion": f"{name} v{version}: {decision.reason}",
+                "rlhf.policy": f"models:/{name}/{version}",
+            }
+            mlflow.set_tags(promotion)
+            promoted = Metric("eval/promoted", float(decision.promoted), int(time.time() * 1000), 0)
+            client.log_batch(parent, metrics=[promoted], tags=[RunTag(k, v) for k, v in promotion.items()])
 
 
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:

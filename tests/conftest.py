@@ -11,11 +11,15 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# `bf16: null` means fp32 in every test, whatever the CPU offers; tests of the precision-dependent paths
+# take the `default_precision` fixture, which runs them under both. Stage subprocesses inherit it.
+os.environ.setdefault("RLHF_DEFAULT_PRECISION", "fp32")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from rlhf_lib.models.tiny import save_tiny_causal_lm, save_tiny_reward_backbone  # noqa: E402
+from rlhf_lib.precision import DEFAULT_PRECISION_ENV  # noqa: E402
 
 CORPUS = [
     "the movie was great and the acting was wonderful",
@@ -36,3 +40,10 @@ def tiny_lm_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_rm_dir(tmp_path_factory) -> str:
     return str(save_tiny_reward_backbone(tmp_path_factory.mktemp("tiny_rm"), CORPUS))
+
+
+@pytest.fixture(params=["fp32", "bf16"])
+def default_precision(request, monkeypatch) -> str:
+    """Runs a test once with `bf16: null` meaning fp32 and once meaning bf16, on any CPU."""
+    monkeypatch.setenv(DEFAULT_PRECISION_ENV, request.param)
+    return request.param

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from rlhf_lib.config import ConfigError, ModelConfig
-from rlhf_lib.io import cache_root
+from rlhf_lib.io import cache_root, current_umask
 from rlhf_lib.models.lm_head import make_lm_head_input_contiguous
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def _write_atomically(target: Path, write) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        staging.chmod(0o777 & ~current_umask())
         write(staging)
         if target.exists():  # a concurrent writer finished first; keep its result
             shutil.rmtree(staging)

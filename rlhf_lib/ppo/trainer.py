@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -49,6 +50,17 @@ CHECKPOINTS_TO_KEEP = 2
 logger = logging.getLogger(__name__)
 
 
+def _accelerator(bf16: bool) -> Accelerator:
+    """An Accelerator in this trainer's precision, whatever trainers came before it in this process.
+
+    accelerate keeps one process-wide AcceleratorState and refuses a second precision in it. Like transformers'
+    TrainingArguments, drop that state first; the process group lives in PartialState, which stays. What an
+    earlier trainer already prepared keeps its own precision (its forward was wrapped at prepare time).
+    """
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision="bf16" if bf16 else "no")
+
+
 class PPOTrainer:
     """Optimises a policy with a value head against a reward function, with KL to the reference.
 
@@ -77,8 +89,8 @@ class PPOTrainer:
         set_seed(config.seed)
         if not torch.cuda.is_available():
             keep_freed_memory()
-        bf16 = use_bf16(config.bf16)
-        self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
+        self.bf16 = bf16 = use_bf16(config.bf16)
+        self.accelerator = _accelerator(bf16)
         if ref_model is None and not model.is_peft:
             ref_model = copy.deepcopy(model.pretrained_model)
         self.ref_model = ref_model.eval().requires_grad_(False).to(self.accelerator.device) if ref_model else None
@@ -112,6 +124,11 @@ class PPOTrainer:
     def policy(self) -> AutoModelForCausalLMWithValueHead:
         return self.accelerator.unwrap_model(self.model)
 
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast if this trainer runs in bf16, else a no-op; read from the trainer, not accelerate's
+        process-wide state, which a trainer built later may have changed."""
+        return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     # ---- data position -------------------------------------------------------------------------
     def prompts_for_step(self, step: int) -> list[str]:
         """The prompts of iteration `step`: a seeded permutation per pass, so resume needs only `step`."""
@@ -130,7 +147,7 @@ class PPOTrainer:
         cfg, tokenizer = self.config, self.tokenizer
         # Autocast speeds up sampling from fp32 weights (full fine-tuning: 1.55 s vs 1.93 s a batch in the PPO
         # benchmark); a LoRA policy's base is bf16 already and autocast only adds casts (2.07 s vs 1.83 s).
-        with nullcontext() if self.policy.is_peft else self.accelerator.autocast():
+        with nullcontext() if self.policy.is_peft else self.autocast():
             input_ids, attention_mask, prompt_width, recorded = sample_responses(
                 self.policy,
                 tokenizer,
@@ -157,7 +174,7 @@ class PPOTrainer:
             )
         else:
             logprobs, values = recorded
-        with self.accelerator.autocast():
+        with self.autocast():
             ref_logprobs = reference_logprobs(
                 self.policy, self.ref_model, input_ids, attention_mask, width, cfg.temperature
             )

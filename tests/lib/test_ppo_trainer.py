@@ -13,6 +13,9 @@ from rlhf_lib.ppo.checkpoint import list_checkpoints
 from rlhf_lib.ppo.rollout import RewardModelScorer
 from rlhf_lib.ppo.trainer import PPOTrainer
 
+# Every test here runs with `bf16: null` resolved to fp32 and to bf16 (autocast, bf16 frozen weights).
+pytestmark = pytest.mark.usefixtures("default_precision")
+
 PROMPTS = ["the movie was", "i loved this", "a terrible film", "the worst movie", "the acting", "this story"]
 
 
@@ -56,11 +59,12 @@ def _trainer(model_dir, out_dir, lora=None, **overrides) -> PPOTrainer:
 
 
 @pytest.mark.parametrize("lora", [None, LoraSettings(r=8, alpha=32)], ids=["full", "lora"])
-def test_ppo_raises_the_reward_with_finite_bounded_kl(tiny_lm_dir, tmp_path, lora):
+def test_ppo_raises_the_reward_with_finite_bounded_kl(tiny_lm_dir, tmp_path, lora, default_precision):
     # Measured on the tiny model (seeds 0-2): full fine-tuning, sampling from the whole vocabulary, 0.01 ->
-    # 0.18-0.46 in 60 steps. LoRA on a random base barely moves the target words' share when it samples
-    # from all ~400 tokens (0.01 -> 0.02), so it samples from the top 50, as the old default did: seed 0
-    # 0.033 -> 0.076 (seed 1 stays near 0.01, seed 2 reaches 0.072).
+    # 0.18-0.46 in 60 steps in fp32, 0.015 -> 0.079-0.236 in bf16 (AMD EPYC, bf16 without AMX). LoRA on a
+    # random base barely moves the target words' share when it samples from all ~400 tokens (0.01 -> 0.02),
+    # so it samples from the top 50, as the old default did: seed 0 0.033 -> 0.076 (seed 1 stays near 0.01,
+    # seed 2 reaches 0.072).
     trainer = _trainer(
         tiny_lm_dir,
         tmp_path,
@@ -73,7 +77,8 @@ def test_ppo_raises_the_reward_with_finite_bounded_kl(tiny_lm_dir, tmp_path, lor
     history = trainer.train()
     first = sum(m["objective/scores"] for m in history[:10]) / 10
     last = sum(m["objective/scores"] for m in history[-10:]) / 10
-    assert last > 2 * first and last > first + (0.1 if lora is None else 0.025), (first, last)
+    full_gain = 0.1 if default_precision == "fp32" else 0.05
+    assert last > 2 * first and last > first + (full_gain if lora is None else 0.025), (first, last)
     kls = [m["objective/kl"] for m in history]
     assert all(torch.isfinite(torch.tensor(kls))) and max(kls) < 50
     for key in (

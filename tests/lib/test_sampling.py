@@ -64,7 +64,7 @@ def test_a_token_of_probability_zero_is_never_drawn_and_a_certain_one_always():
     assert torch.equal(tokens, torch.tensor([1, 0]).repeat(5000))
 
 
-def test_ppo_samples_from_the_whole_vocabulary_when_top_k_is_0(tiny_lm_dir, tmp_path):
+def test_ppo_samples_from_the_whole_vocabulary_when_top_k_is_0(tiny_lm_dir, tmp_path, default_precision):
     # transformers fills an unset top_k with 50; the near-uniform tiny model shows it: 256 first tokens
     # drawn from ~300 equally likely ones have far more than 50 distinct values.
     cfg = ModelConfig(name_or_path=tiny_lm_dir)

@@ -13,6 +13,9 @@ from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_t
 from rlhf_lib.reward_trainer import RewardTrainer, pairwise_reward_loss
 from rlhf_lib.sft_trainer import SFTTrainer
 
+# Every test here runs with `bf16: null` resolved to fp32 and to bf16 (autocast, eager attention).
+pytestmark = pytest.mark.usefixtures("default_precision")
+
 SENTENCES = ["the movie was great and the acting was wonderful", "i loved this story , it was fun and moving"]
 
 

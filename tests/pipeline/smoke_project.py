@@ -52,6 +52,12 @@ def project_env(project: Path, **extra: str) -> dict[str, str]:
     """Environment for commands in `project`: offline, this venv's tools first, no outside MLflow/Prefect."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "PREFECT_", "RLHF_"))}
     env |= OFFLINE_ENV | {"PATH": f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}", "PWD": str(project)}
+    # The suite's precision (tests/conftest.py), so stages run the same on every CPU.
+    env["RLHF_DEFAULT_PRECISION"] = os.environ["RLHF_DEFAULT_PRECISION"]
+    # Commits that DVC makes (experiments) need an identity, which a fresh machine's git may lack.
+    for role in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{role}_NAME", "test")
+        env.setdefault(f"GIT_{role}_EMAIL", "test@example.com")
     env["PREFECT_HOME"] = str(project / ".prefect")
     return env | extra
 

@@ -1,8 +1,16 @@
-"""The smoke pipeline under real `dvc repro` in a temporary git repo, recorded in a real MLflow store."""
+"""The smoke pipeline under real `dvc repro` in a temporary git repo, recorded in a real MLflow store; runs
+compared with `dvc exp show`, `metrics diff` and `plots diff`; failures that keep every earlier output.
+
+The tests share one reproduced project, and each leaves it as it found it (any order passes)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,7 +18,9 @@ import yaml
 from tests.pipeline.smoke_project import copy_project, project_env, run, stages_run
 
 pytestmark = pytest.mark.integration
-ALL_STAGES = {"prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"}
+ALL_STAGES = {"params", "prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"}
+TRACKED_STAGES = ALL_STAGES - {"params"}  # the params check opens no MLflow run
+KEPT_IN_GIT = ("dvc.lock", "metrics", "reports")  # what a saved experiment holds besides tracked files
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +29,8 @@ def reproduced(tmp_path_factory):
     env = project_env(project)
     first = run(["dvc", "repro"], project, env)
     assert first.returncode == 0, first.stderr
+    saved = run(["dvc", "exp", "save", "-n", "baseline", *[a for p in KEPT_IN_GIT for a in ("-I", p)]], project, env)
+    assert saved.returncode == 0, saved.stderr
     return project, env, first.stdout
 
 
@@ -34,6 +46,31 @@ def mlflow_client(reproduced):
     mlflow.set_tracking_uri(None)
 
 
+@contextmanager
+def back_to_baseline(project, env):
+    """Whatever a test runs inside, the workspace is the baseline run again afterwards."""
+    try:
+        yield
+    finally:
+        assert run(["dvc", "exp", "apply", "baseline"], project, env).returncode == 0
+
+
+def _experiments(shown: list[dict]) -> dict[str, dict]:
+    """`dvc exp show --json` as {experiment name (or workspace/branch): its data}."""
+    rows = {}
+    for commit in shown:
+        rows[commit.get("name") or commit["rev"]] = commit.get("data") or {}
+        for experiment in commit.get("experiments") or []:
+            for rev in experiment["revs"]:
+                rows[rev.get("name") or rev["rev"]] = rev.get("data") or {}
+    return rows
+
+
+def _metric_files(project) -> dict[str, bytes]:
+    files = [p for folder in ("metrics", "reports") for p in (project / folder).iterdir()]
+    return {str(p.relative_to(project)): p.read_bytes() for p in files}
+
+
 def test_repro_runs_every_stage_then_is_a_noop(reproduced):
     project, env, first_output = reproduced
     assert stages_run(first_output) == ALL_STAGES
@@ -47,70 +84,117 @@ def test_repro_runs_every_stage_then_is_a_noop(reproduced):
     assert "Data and pipelines are up to date" in second.stdout
 
 
-def test_mlflow_has_nested_stage_runs_with_metrics(reproduced, mlflow_client):
+def test_mlflow_parent_run_holds_params_headline_metrics_and_current_lineage(reproduced, mlflow_client):
+    project = reproduced[0]
     experiment = mlflow_client.get_experiment_by_name("rlhf-smoke")
-    runs = mlflow_client.search_runs([experiment.experiment_id])
-    stage_runs = {run.data.tags["rlhf.stage"]: run for run in runs if "rlhf.stage" in run.data.tags}
-    assert set(stage_runs) == ALL_STAGES
-    parents = {run.data.tags["mlflow.parentRunId"] for run in stage_runs.values()}
-    assert len(parents) == 1  # one pipeline run, each stage nested under it
-    parent = mlflow_client.get_run(parents.pop())
-    assert parent.data.tags["rlhf.pipeline_run"] == stage_runs["ppo"].data.tags["rlhf.pipeline_run"]
-    assert "eval/ppo_judge_score" in stage_runs["evaluate"].data.metrics
-    assert any(key.startswith("dvc.data/prepared") for key in stage_runs["sft"].data.tags)
-    assert stage_runs["ppo"].data.params["ppo.kl_coef"] == "0.05"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
+    # The baseline's parent (other tests add pipeline runs with other params), found by its key.
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    key = "local-" + hashlib.sha256(commit.encode() + (project / "params.yaml").read_bytes()).hexdigest()[:16]
+    query = f"tags.`rlhf.role` = 'pipeline' and tags.`rlhf.pipeline_run` = '{key}'"
+    (parent,) = mlflow_client.search_runs([experiment.experiment_id], query)
+    children = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    stage_runs = {r.data.tags["rlhf.stage"]: r for r in mlflow_client.search_runs([experiment.experiment_id], children)}
+    assert set(stage_runs) == TRACKED_STAGES  # one pipeline run, each stage nested under it
+    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    reward = json.loads((project / "metrics/reward.json").read_text())
+    # The parent compares pipelines on its own: resolved params, headline metrics, the registered policy.
+    assert parent.data.params["ppo.kl_coef"] == "0.05" and parent.data.params["prepare.sft_examples"] == "64"
+    assert parent.data.metrics["eval/ppo_judge_score"] == pytest.approx(evaluation["eval/ppo_judge_score"])
+    assert parent.data.metrics["eval/kl_ppo_to_sft"] == pytest.approx(evaluation["eval/kl_ppo_to_sft"])
+    assert parent.data.metrics["reward/eval_accuracy"] == pytest.approx(reward["reward/eval_accuracy"])
+    assert parent.data.tags["rlhf.policy"].startswith("models:/rlhf-smoke-policy/")
+    # Lineage: the data hash dvc.lock recorded for this run; dvc.lock was never committed, so the tree is dirty.
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    data_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
+    assert parent.data.tags["dvc.data/prepared"] == stage_runs["sft"].data.tags["dvc.data/prepared"] == data_md5
+    assert "dvc.data/prepared" not in stage_runs["prepare"].data.tags  # dvc.lock held the old hash then
+    assert parent.data.tags["rlhf.git_dirty"] == "true" and "dvc.lock" in parent.data.tags["rlhf.git_dirty_files"]
     ppo_history = mlflow_client.get_metric_history(stage_runs["ppo"].info.run_id, "ppo/objective/kl")
     assert len(ppo_history) == 4  # one point per PPO step of the smoke profile
     artifacts = {a.path for a in mlflow_client.list_artifacts(stage_runs["ppo"].info.run_id)}
     assert "ppo_curves.png" in artifacts
-    evaluate_artifacts = {a.path for a in mlflow_client.list_artifacts(stage_runs["evaluate"].info.run_id)}
-    assert "samples.json" in evaluate_artifacts
+    samples = mlflow_client.download_artifacts(stage_runs["evaluate"].info.run_id, "samples.json", str(project))
+    columns = json.loads(Path(samples).read_text())["columns"]
+    assert columns[:3] == ["prompt", "sft_response", "ppo_response"]
 
 
 def test_registered_policy_is_candidate_and_loads_back_to_generate(reproduced, mlflow_client):
     import mlflow
 
-    candidate = mlflow_client.get_model_version_by_alias("rlhf-policy", "candidate")
+    first = mlflow_client.get_model_version("rlhf-smoke-policy", "1")
     # The first candidate meets no champion, and the smoke profile's KL budget is generous.
-    champion = mlflow_client.get_model_version_by_alias("rlhf-policy", "champion")
-    assert champion.version == candidate.version
-    assert "no champion yet" in candidate.tags["promotion"]
-    assert len(mlflow_client.search_model_versions("name='rlhf-reward-model'")) == 1
-    generator = mlflow.transformers.load_model("models:/rlhf-policy@candidate")
+    assert "no champion yet" in first.tags["promotion"]
+    assert mlflow_client.get_registered_model("rlhf-smoke-policy").tags["rlhf.experiment"] == "rlhf-smoke"
+    assert len(mlflow_client.search_model_versions("name='rlhf-smoke-reward-model'")) == 1
+    generator = mlflow.transformers.load_model("models:/rlhf-smoke-policy@candidate")
     text = generator("the movie was", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("the movie was") and len(text) > len("the movie was")
 
 
-def test_ppo_param_change_reruns_only_ppo_and_evaluate(reproduced):
+def test_experiments_compare_in_exp_show_metrics_diff_and_plots_diff(reproduced, tmp_path):
     project, env, _ = reproduced
-    experiment = run(["dvc", "exp", "run", "-S", "ppo.kl_coef=0.1"], project, env)
-    assert experiment.returncode == 0, experiment.stderr
-    assert stages_run(experiment.stdout) == {"ppo", "evaluate"}
-    shown = run(["dvc", "exp", "show", "--json"], project, env)
-    assert shown.returncode == 0
-    kl_coefs = [
-        experiment["data"]["params"]["params.yaml"]["data"]["ppo"]["kl_coef"]
-        for commit in json.loads(shown.stdout)
-        for experiment in [commit, *[e for row in commit.get("experiments") or [] for e in row["revs"]]]
-        if experiment.get("data")
-    ]
-    assert 0.05 in kl_coefs and 0.1 in kl_coefs  # the baseline and the experiment, side by side
+    baseline = _metric_files(project)
+    with back_to_baseline(project, env):
+        experiment = run(["dvc", "exp", "run", "-n", "kl-0.2", "-S", "ppo.kl_coef=0.2"], project, env)
+        assert experiment.returncode == 0, experiment.stderr
+        assert stages_run(experiment.stdout) == {"params", "ppo", "evaluate"}  # the check, then what kl_coef feeds
+        shown = run(["dvc", "exp", "show", "--json"], project, env)
+        rows = _experiments(json.loads(shown.stdout))
+        for name, kl_coef in (("baseline", 0.05), ("kl-0.2", 0.2)):
+            assert rows[name]["params"]["params.yaml"]["data"]["ppo"]["kl_coef"] == kl_coef
+            assert "eval/ppo_judge_score" in rows[name]["metrics"]["metrics/evaluate.json"]["data"]
+        diff = run(["dvc", "metrics", "diff", "baseline", "kl-0.2", "--json"], project, env)
+        kl = json.loads(diff.stdout)["metrics/evaluate.json"]["eval/kl_ppo_to_sft"]
+        assert isinstance(kl["old"], float) and isinstance(kl["new"], float)
+        plots = run(["dvc", "plots", "diff", "baseline", "kl-0.2", "-o", str(tmp_path / "plots")], project, env)
+        assert plots.returncode == 0, plots.stderr
+        page = (tmp_path / "plots/index.html").read_text()
+        assert "vegaEmbed" in page and not re.search(r"<script[^>]+src=[\"']https?:", page)  # draws offline
+        for title in ("PPO step", "mean reward-model score of the batch", "KL(policy || SFT reference)"):
+            assert title in page
+        assert page.count('"rev": "baseline"') > 0 and page.count('"rev": "kl-0.2"') > 0
+    # exp apply brought the baseline's metrics back, byte for byte
+    assert _metric_files(project) == baseline
 
 
-def test_a_failing_repro_keeps_what_earlier_runs_produced(reproduced):
+def test_lineage_follows_the_data_the_run_used(reproduced, mlflow_client):
+    project, env, _ = reproduced
+    with back_to_baseline(project, env):
+        changed = run(["dvc", "exp", "run", "-n", "fewer-sft-rows", "-S", "prepare.sft_examples=48"], project, env)
+        assert changed.returncode == 0, changed.stderr
+        lock = yaml.safe_load((project / "dvc.lock").read_text())
+        data_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
+        experiment = mlflow_client.get_experiment_by_name("rlhf-smoke")
+        query = "params.`prepare.sft_examples` = '48' and tags.`rlhf.role` = 'pipeline'"
+        (parent,) = mlflow_client.search_runs([experiment.experiment_id], query)
+        assert parent.data.tags["dvc.data/prepared"] == data_md5
+
+
+def test_failed_stages_keep_every_earlier_output_and_metric(reproduced):
     project, env, _ = reproduced
     kept = [project / "models/sft/model.safetensors", project / "models/ppo/model.safetensors"]
     kept += sorted((project / "data/prepared").glob("*.jsonl"))
     before = {path: path.stat().st_mtime_ns for path in kept}
+    figures = _metric_files(project)
     params_file = project / "params.yaml"
     original = params_file.read_text()
-    params = yaml.safe_load(original)
-    params["validate"]["max_chars"] = 5  # every prepared text now breaks the length expectation
-    params_file.write_text(yaml.safe_dump(params))
-    try:
-        failed = run(["dvc", "repro"], project, env)
-    finally:
-        params_file.write_text(original)
-    assert failed.returncode != 0
-    assert stages_run(failed.stdout) == {"validate"}
-    assert {path: path.stat().st_mtime_ns for path in kept} == before
+    for mistake, stages in (("validate", {"params", "validate"}), ("typo", {"params"})):
+        params = yaml.safe_load(original)
+        if mistake == "validate":
+            params["validate"]["max_chars"] = 5  # every prepared text now breaks the length expectation
+        else:
+            params["evalute"] = {"num_prompts": 4}  # a key no stage reads: only the params check sees it
+        params_file.write_text(yaml.safe_dump(params))
+        try:
+            failed = run(["dvc", "repro"], project, env)
+        finally:
+            params_file.write_text(original)
+        assert failed.returncode != 0
+        assert stages_run(failed.stdout) == stages
+        if mistake == "typo":
+            assert "evalute: unknown key" in failed.stdout + failed.stderr
+        assert {path: path.stat().st_mtime_ns for path in kept} == before
+        assert _metric_files(project) == figures
+        fixed = run(["dvc", "repro"], project, env)  # at most the params check runs again (a second)
+        assert fixed.returncode == 0 and stages_run(fixed.stdout) <= {"params"}, fixed.stdout

@@ -76,3 +76,22 @@ def test_distinct_n():
     assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
     assert distinct_n(["a b c", "d e f"], 2) == 1.0
     assert distinct_n([""], 2) == 0.0
+
+
+def test_a_run_s_params_are_validated_in_memory_and_params_yaml_comes_back_byte_for_byte(tmp_path, monkeypatch):
+    from flows.pipeline import params_for_this_run, run_params_text
+
+    monkeypatch.chdir(tmp_path)
+    original = (ROOT / "params.yaml").read_bytes() + b"# a comment the run must not lose\n"
+    (tmp_path / "params.yaml").write_bytes(original)
+    with pytest.raises(ConfigError, match=r"ppo\.kl_coef"):
+        run_params_text(None, {"ppo.kl_coef": -1})
+    with pytest.raises(ConfigError, match="does not exist"):
+        run_params_text("profiles/nope.yaml", None)
+    assert run_params_text(None, None) is None
+    text = run_params_text(None, {"ppo.kl_coef": 0.2})
+    assert yaml.safe_load(text)["ppo"]["kl_coef"] == 0.2
+    with pytest.raises(RuntimeError), params_for_this_run(text):
+        assert yaml.safe_load((tmp_path / "params.yaml").read_text())["ppo"]["kl_coef"] == 0.2
+        raise RuntimeError("a stage failed")
+    assert (tmp_path / "params.yaml").read_bytes() == original

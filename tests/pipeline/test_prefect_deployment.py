@@ -1,4 +1,6 @@
-"""The pipeline as a Prefect deployment: a real server and process worker on 127.0.0.1, smoke profile."""
+"""The pipeline as a Prefect deployment: a real server and process worker on 127.0.0.1, smoke profile.
+
+The tests share one deployment and pass in any order: each run leaves params.yaml as it found it."""
 
 from __future__ import annotations
 
@@ -37,8 +39,34 @@ def deployment_run(env, project, *params: str):
     return run(command, project, env, timeout=900)
 
 
+def _files(project) -> dict[str, int]:
+    """Every project file but the servers' own and Python's bytecode, with its modification time."""
+    skip = (".prefect", ".dvc/tmp", "server.log", "worker.log", "mlflow.db")
+    paths = [
+        p
+        for p in project.rglob("*")
+        if p.is_file() and not str(p.relative_to(project)).startswith(skip) and "__pycache__" not in p.parts
+    ]
+    return {str(p.relative_to(project)): p.stat().st_mtime_ns for p in paths}
+
+
+def _experiments(project, env) -> dict[str, dict]:
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project, env).stdout)
+    return {rev["name"]: rev["data"] for commit in shown for e in commit.get("experiments") or [] for rev in e["revs"]}
+
+
+def test_an_invalid_override_fails_before_anything_is_written_and_says_why(deployment):
+    project, env = deployment
+    before = _files(project)
+    result = deployment_run(env, project, "--params", json.dumps({"overrides": {"ppo.kl_coef": -1}}))
+    assert result.returncode != 0
+    assert "ppo.kl_coef" in result.stdout  # the reason, under --watch, not only in the worker's log
+    assert _files(project) == before
+
+
 def test_invalid_data_fails_in_validate_before_any_training(deployment):
     project, env = deployment
+    params_before = (project / "params.yaml").read_bytes()
     # Untruncated IMDb reviews run to thousands of characters, past validate.max_chars.
     overrides = json.dumps({"overrides": {"prepare.max_chars": 20000}})
     result = deployment_run(env, project, "--params", overrides)
@@ -46,20 +74,35 @@ def test_invalid_data_fails_in_validate_before_any_training(deployment):
     assert "Failed" in result.stdout
     report = json.loads((project / "reports/validation.json").read_text())
     assert report["success"] is False
-    assert not (project / "models").exists()  # no training stage ran
-    worker_log = (project / "worker.log").read_text()
-    assert "stage-validate" in worker_log and "exit code 2" in worker_log
-    assert "stage-sft" not in worker_log
+    assert "stage-validate" in result.stdout and "exit code 2" in result.stdout
+    assert "stage-sft" not in result.stdout  # no training stage ran
+    assert (project / "params.yaml").read_bytes() == params_before
 
 
-def test_deployment_run_completes_and_dvc_agrees(deployment):
+def test_deployment_run_completes_is_saved_as_an_experiment_and_dvc_agrees(deployment):
     project, env = deployment
-    result = deployment_run(env, project, "--param", "profile=profiles/smoke.yaml")
+    result = deployment_run(env, project, "--param", "experiment=plain-run")
     assert result.returncode == 0, result.stdout
     assert "Completed" in result.stdout
+    assert "Running stage 'evaluate'" in result.stdout or "didn't change, skipping" in result.stdout  # stage output
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     assert "eval/ppo_judge_score" in evaluation
     artifact = run(["prefect", "artifact", "inspect", "rlhf-evaluation"], project, env)
     assert artifact.returncode == 0 and "held-out judge" in artifact.stdout
     status = run(["dvc", "status"], project, env)  # the flow recorded every stage in dvc.lock
     assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout
+    saved = _experiments(project, env)["plain-run"]
+    assert saved["metrics"]["metrics/evaluate.json"]["data"] == evaluation
+
+
+def test_profile_and_overrides_apply_to_their_run_only(deployment):
+    project, env = deployment
+    params_before = (project / "params.yaml").read_bytes()
+    settings = {"profile": "profiles/smoke.yaml", "overrides": {"ppo.kl_coef": 0.2}, "experiment": "kl-0.2"}
+    result = deployment_run(env, project, "--params", json.dumps(settings))
+    assert result.returncode == 0, result.stdout
+    assert (project / "params.yaml").read_bytes() == params_before
+    saved = _experiments(project, env)["kl-0.2"]
+    assert saved["params"]["params.yaml"]["data"]["ppo"]["kl_coef"] == 0.2
+    assert "eval/kl_ppo_to_sft" in saved["metrics"]["metrics/evaluate.json"]["data"]
+    assert "ppo/objective/kl" in result.stdout or "PPO" in result.stdout  # the stages' own output is in the logs

@@ -1,9 +1,16 @@
-"""The champion rule: beat the champion's judge score, with KL within the budget."""
+"""The champion rule: beat the champion's judge score, with KL within the budget; a registered name belongs to
+one experiment, so a smoke run can never become the real champion."""
 
 from __future__ import annotations
 
+import pytest
+from mlflow import MlflowClient
+
+from rlhf_lib.config import ConfigError
 from tasks.evaluate import distinct_n, win_rate
-from tasks.registry import decide_promotion
+from tasks.params import TrackingConfig, load_params
+from tasks.registry import EXPERIMENT_TAG, decide_promotion, require_own_names
+from tests.pipeline.smoke_project import REPO_ROOT
 
 
 def test_first_candidate_within_budget_becomes_champion():
@@ -26,3 +33,24 @@ def test_win_rate_counts_ties_half_and_distinct_n_counts_unique_ngrams():
     assert win_rate([0.9, 0.1, 0.5, 0.7], [0.1, 0.9, 0.5, 0.2]) == (2 + 0.5) / 4
     assert distinct_n(["a b a b"], 2) == 2 / 3  # (a b), (b a), (a b): two distinct of three
     assert distinct_n(["a"], 2) == 0.0
+
+
+def test_a_model_name_belongs_to_one_experiment(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        MlflowClient().create_registered_model("rlhf-policy", tags={EXPERIMENT_TAG: "rlhf-pipeline"})
+        require_own_names(TrackingConfig(experiment="rlhf-pipeline"))  # the owner may register more versions
+        with pytest.raises(ConfigError, match="'rlhf-policy' holds models of experiment 'rlhf-pipeline'"):
+            require_own_names(TrackingConfig(experiment="rlhf-smoke"))
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_the_smoke_profile_registers_under_names_of_its_own():
+    default, smoke = load_params(REPO_ROOT / "params.yaml").tracking, load_params(REPO_ROOT / "profiles/smoke.yaml")
+    names = {default.policy_model_name, default.reward_model_name}
+    assert default.experiment != smoke.tracking.experiment
+    assert names.isdisjoint({smoke.tracking.policy_model_name, smoke.tracking.reward_model_name})
