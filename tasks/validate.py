@@ -75,7 +75,7 @@ class ValidationReport:
 class DataValidationError(ValueError):
     """Prepared data failed validation; `report` holds every failed check."""
 
-    def __init__(self, report: ValidationReport) -> None:
+    def __init__(self, report: ValidationReport, report_path: Path | None = None) -> None:
         self.report = report
         problems = [
             f"{name}: {check.expectation}"
@@ -83,7 +83,8 @@ class DataValidationError(ValueError):
             + f", {check.unexpected_count} unexpected, e.g. {json.dumps(check.samples[:1])[:160]}"
             for name, check in report.failures()
         ]
-        super().__init__("data validation failed:\n  " + "\n  ".join(problems))
+        where = f" (full report: {report_path})" if report_path else ""
+        super().__init__(f"data validation failed{where}:\n  " + "\n  ".join(problems))
 
 
 def validate_datasets(data_dir: Path, cfg: ValidateConfig) -> ValidationReport:
@@ -122,13 +123,27 @@ def validate_datasets(data_dir: Path, cfg: ValidateConfig) -> ValidationReport:
 
 
 def require_valid(data_dir: Path, cfg: ValidateConfig, report_path: Path | None = None) -> ValidationReport:
-    """Validate, write the report JSON to `report_path` (pass or fail), and raise DataValidationError on failure."""
+    """Validate and write the report JSON; raise DataValidationError on failure.
+
+    A passing report goes to `report_path`; a failing one beside it (`failed_report_path`), so the last
+    good run's report, a pipeline output, is never overwritten by a failed one.
+    """
     report = validate_datasets(data_dir, cfg)
     if report_path is not None:
-        atomic_write_json(report_path, report.to_dict())
+        failed_path = failed_report_path(report_path)
+        if report.success:
+            atomic_write_json(report_path, report.to_dict())
+            failed_path.unlink(missing_ok=True)
+        else:
+            atomic_write_json(failed_path, report.to_dict())
     if not report.success:
-        raise DataValidationError(report)
+        raise DataValidationError(report, failed_report_path(report_path) if report_path else None)
     return report
+
+
+def failed_report_path(report_path: Path) -> Path:
+    """Where a failing validation's report goes: reports/validation.json -> reports/validation.failed.json."""
+    return report_path.with_suffix(".failed.json")
 
 
 def read_jsonl(path: Path, spec: FileSpec) -> tuple[pd.DataFrame | None, list[FailedCheck]]:

@@ -23,6 +23,9 @@ def deployment(tmp_path_factory):
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_WORKER_QUERY_SECONDS="1",
         PREFECT_RUNNER_POLL_FREQUENCY="1",
+        # The server streams logs out, so `--watch` shows the flow's own log lines (off by default).
+        PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED="true",
+        PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED="true",
     )
     server_command = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with background(server_command, project, env, project / "server.log") as server:
@@ -60,7 +63,9 @@ def test_an_invalid_override_fails_before_anything_is_written_and_says_why(deplo
     before = _files(project)
     result = deployment_run(env, project, "--params", json.dumps({"overrides": {"ppo.kl_coef": -1}}))
     assert result.returncode != 0
-    assert "ppo.kl_coef" in result.stdout  # the reason, under --watch, not only in the worker's log
+    # The reason, under --watch, not only in the worker's log
+    assert "invalid params" in result.stdout
+    assert "ppo.kl_coef: Input should be greater than or equal to 0" in result.stdout
     assert _files(project) == before
 
 
@@ -72,7 +77,7 @@ def test_invalid_data_fails_in_validate_before_any_training(deployment):
     result = deployment_run(env, project, "--params", overrides)
     assert result.returncode != 0
     assert "Failed" in result.stdout
-    report = json.loads((project / "reports/validation.json").read_text())
+    report = json.loads((project / "reports/validation.failed.json").read_text())
     assert report["success"] is False
     assert "stage-validate" in result.stdout and "exit code 2" in result.stdout
     assert "stage-sft" not in result.stdout  # no training stage ran

@@ -211,8 +211,10 @@ def test_require_valid_writes_the_report_and_raises(data_dir, tmp_path):
     message = str(err.value)
     assert "preference.jsonl: expect_select_column_values_to_be_unique_within_record (chosen,rejected)" in message
     assert "judge_test.jsonl: expect_file_to_be_non_empty" in message
-    written = json.loads(report_path.read_text())
+    assert "validation.failed.json" in message
+    written = json.loads((report_path.parent / "validation.failed.json").read_text())
     assert written == err.value.report.to_dict() and written["success"] is False
+    assert json.loads(report_path.read_text())["success"] is True  # the last good report is kept
 
 
 def test_validate_config_bounds_apply(prepared_dir):
