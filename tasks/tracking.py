@@ -23,6 +23,7 @@ import mlflow
 from mlflow.entities import Metric, RunTag
 
 from rlhf_lib.callbacks import MetricsSink
+from rlhf_lib.precision import default_bf16
 from tasks import registry
 from tasks.errors import TrackingUnavailableError
 from tasks.params import METRICS_DIR, MODELS_DIR, REPORTS_DIR, PipelineParams
@@ -47,8 +48,8 @@ HEADLINE_METRICS = (
     "ppo/final_scores",
     "ppo/final_kl",
 )
-# The files whose uncommitted changes make a run's git commit tag an incomplete description of it.
-LINEAGE_FILES = ("params.yaml", "dvc.yaml", "dvc.lock")
+# Stage outputs kept in git: their changes describe a run's results, not its inputs.
+OUTPUT_FOLDERS = ("metrics/", "reports/")
 
 
 def configure(experiment: str, fallback_to_local: bool = False) -> str:
@@ -87,11 +88,16 @@ def git_commit() -> str:
 
 
 def git_dirty_files() -> list[str]:
-    """Which of LINEAGE_FILES differ from the commit (modified, or never committed)."""
+    """Tracked files (code, params, dvc.yaml, dvc.lock) that differ from the commit, and dvc.lock if it was
+    never committed: what the commit tag alone does not describe. Outputs kept in git are left out."""
     result = subprocess.run(
-        ["git", "status", "--porcelain", "--", *LINEAGE_FILES], capture_output=True, text=True, check=False
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False
     )
-    return sorted(line[3:].strip() for line in result.stdout.splitlines() if line.strip())
+    dirty = {line[3:].strip() for line in result.stdout.splitlines() if line.strip()}
+    lock_is_tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "dvc.lock"], capture_output=True)
+    if Path("dvc.lock").is_file() and lock_is_tracked.returncode != 0:
+        dirty.add("dvc.lock")
+    return sorted(path for path in dirty if not path.startswith(OUTPUT_FOLDERS))
 
 
 def pipeline_run_key(params_path: Path) -> str:
@@ -138,9 +144,13 @@ def lineage_tags(stage: str) -> dict[str, str]:
     `prepare` writes the data, so dvc.lock holds the previous data's hashes while it runs: it tags none.
     """
     dirty = git_dirty_files()
-    tags = {"rlhf.git_commit": git_commit(), "rlhf.git_dirty": str(bool(dirty)).lower()}
-    if dirty:
-        tags["rlhf.git_dirty_files"] = ", ".join(dirty)
+    tags = {
+        "rlhf.git_commit": git_commit(),
+        "rlhf.git_dirty": str(bool(dirty)).lower(),
+        "rlhf.git_dirty_files": ", ".join(dirty),  # empty when clean, replacing an earlier stage's list
+        # What `bf16: null` means in this process (hardware or RLHF_DEFAULT_PRECISION, which DVC does not track).
+        "rlhf.default_precision": "bf16" if default_bf16() else "fp32",
+    }
     return tags if stage == "prepare" else tags | dvc_data_hashes()
 
 
@@ -153,7 +163,7 @@ def stage_run(stage: str, params: PipelineParams, params_path: Path) -> Iterator
     tags = {PIPELINE_TAG: key, **lineage_tags(stage)}
     if flow_run := os.environ.get("RLHF_PREFECT_FLOW_RUN_ID"):
         tags["prefect.flow_run_id"] = flow_run
-    resolved = _flatten(params.model_dump(by_alias=True))
+    resolved = _flatten(resolved_params(params))
     parent = _parent_run_id(key, tags, resolved)
     mlflow.MlflowClient().log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()])  # the newest lineage
     tags |= {"rlhf.stage": stage, ROLE_TAG: "stage"}
@@ -199,6 +209,18 @@ def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, flo
             mlflow.set_tags(promotion)
             promoted = Metric("eval/promoted", float(decision.promoted), int(time.time() * 1000), 0)
             client.log_batch(parent, metrics=[promoted], tags=[RunTag(k, v) for k, v in promotion.items()])
+
+
+def resolved_params(params: PipelineParams) -> dict[str, Any]:
+    """params.yaml with every trainer section filled in with its defaults (what the stages really use)."""
+    trainers = {
+        "sft": params.sft_config(),
+        "reward": params.reward_config(),
+        "ppo": params.ppo_config(),
+        "judge": params.judge_config(),
+    }
+    sections = {name: cfg.model_dump(exclude={"output_dir"}) for name, cfg in trainers.items()}
+    return params.model_dump(by_alias=True) | sections
 
 
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -11,7 +11,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# `bf16: null` means fp32 in every test, whatever the CPU offers; tests of the precision-dependent paths
+# `bf16: null` means fp32 in every test, whatever the CPU offers (unless the shell sets RLHF_DEFAULT_PRECISION,
+# to run the suite in bf16 on purpose); tests of the precision-dependent paths
 # take the `default_precision` fixture, which runs them under both. Stage subprocesses inherit it.
 os.environ.setdefault("RLHF_DEFAULT_PRECISION", "fp32")
 

@@ -53,9 +53,10 @@ logger = logging.getLogger(__name__)
 def _accelerator(bf16: bool) -> Accelerator:
     """An Accelerator in this trainer's precision, whatever trainers came before it in this process.
 
-    accelerate keeps one process-wide AcceleratorState and refuses a second precision in it. Like transformers'
-    TrainingArguments, drop that state first; the process group lives in PartialState, which stays. What an
-    earlier trainer already prepared keeps its own precision (its forward was wrapped at prepare time).
+    accelerate keeps one process-wide AcceleratorState and refuses a second precision in it. Drop that state
+    first, as transformers' TrainingArguments does, but keep PartialState, which holds the process group of a
+    distributed run. What an earlier trainer already prepared keeps its own precision (its forward was
+    wrapped at prepare time, and it autocasts by its own flag).
     """
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision="bf16" if bf16 else "no")

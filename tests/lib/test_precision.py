@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rlhf_lib.config import LoraSettings, ModelConfig, PPOConfig, SFTConfig
+from rlhf_lib.config import ConfigError, LoraSettings, ModelConfig, PPOConfig, SFTConfig
 from rlhf_lib.models import small_rows_linear
 from rlhf_lib.models.loading import load_causal_lm, load_tokenizer
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
@@ -62,7 +62,7 @@ def test_the_default_follows_the_environment_variable_then_the_hardware(monkeypa
     monkeypatch.setenv(DEFAULT_PRECISION_ENV, "fp32")
     assert use_bf16(None) is False
     monkeypatch.setenv(DEFAULT_PRECISION_ENV, "fp16")
-    with pytest.raises(ValueError, match=DEFAULT_PRECISION_ENV):
+    with pytest.raises(ConfigError, match=DEFAULT_PRECISION_ENV):
         use_bf16(None)
     monkeypatch.delenv(DEFAULT_PRECISION_ENV)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

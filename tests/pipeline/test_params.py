@@ -95,3 +95,4 @@ def test_a_run_s_params_are_validated_in_memory_and_params_yaml_comes_back_byte_
         assert yaml.safe_load((tmp_path / "params.yaml").read_text())["ppo"]["kl_coef"] == 0.2
         raise RuntimeError("a stage failed")
     assert (tmp_path / "params.yaml").read_bytes() == original
+    assert not (tmp_path / ".params.yaml.before-run").exists()  # the backup goes once the file is restored

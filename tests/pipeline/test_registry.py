@@ -39,14 +39,26 @@ def test_a_model_name_belongs_to_one_experiment(tmp_path, monkeypatch):
     import mlflow
 
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
-        MlflowClient().create_registered_model("rlhf-policy", tags={EXPERIMENT_TAG: "rlhf-pipeline"})
+        client = MlflowClient()
+        client.create_registered_model("rlhf-policy", tags={EXPERIMENT_TAG: "rlhf-pipeline"})
         require_own_names(TrackingConfig(experiment="rlhf-pipeline"))  # the owner may register more versions
         with pytest.raises(ConfigError, match="'rlhf-policy' holds models of experiment 'rlhf-pipeline'"):
             require_own_names(TrackingConfig(experiment="rlhf-smoke"))
+        require_own_names(TrackingConfig(experiment="rlhf-smoke", log_models=False))  # registers nothing
+        # A model registered before names had owners belongs to the experiment of its first version's run.
+        experiment = client.create_experiment("rlhf-pipeline-old")
+        run = client.create_run(experiment)
+        client.create_registered_model("old-policy")
+        client.create_model_version("old-policy", "file:///nowhere", run_id=run.info.run_id)
+        with pytest.raises(ConfigError, match="'old-policy' holds models of experiment 'rlhf-pipeline-old'"):
+            require_own_names(TrackingConfig(experiment="rlhf-smoke", policy_model_name="old-policy"))
     finally:
         mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
 
 
 def test_the_smoke_profile_registers_under_names_of_its_own():
