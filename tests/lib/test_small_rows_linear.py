@@ -100,6 +100,13 @@ def test_the_8_lane_build_matches_a_float64_product(fresh_build):
         torch.testing.assert_close(out, _float64_linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
 
+def test_a_first_build_under_bf16_autocast_passes_its_self_check(fresh_build):
+    # A bf16 trainer's sampling can be the first to ask for the kernel; its fp32 self-check must still hold,
+    # or the kernel stays off for the rest of the process.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert available()
+
+
 def test_kernel_is_built_once_per_machine_and_reused(fresh_build):
     assert available()
     (library,) = fresh_build.glob("small_rows_linear-*.so")
