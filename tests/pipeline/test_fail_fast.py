@@ -3,6 +3,7 @@ training (or, when asked, it logs locally); the flow retries transient stage fai
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 
@@ -22,12 +23,19 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
+def prepared_once(tmp_path_factory):
     project = copy_project(tmp_path_factory.mktemp("services_project"))
     env = project_env(project)
     for stage in ("prepare", "validate"):
         assert run(["rlhf", "stage", stage, "--no-tracking"], project, env).returncode == 0
-    return project, env
+    return project
+
+
+@pytest.fixture
+def prepared(prepared_once, tmp_path):
+    """A fresh copy of the prepared project per test, so one test's training never shows in another's."""
+    project = shutil.copytree(prepared_once, tmp_path / "project", symlinks=True)
+    return project, project_env(project)
 
 
 def test_unreachable_tracking_server_fails_fast_before_training(prepared):
