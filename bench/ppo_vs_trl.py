@@ -102,8 +102,8 @@ def run_ours(model_dir, tokenizer, prompts, mode, precision, total_steps, output
     from rlhf_lib.config import LoraSettings, ModelConfig, PPOConfig
     from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_tokenizer
     from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
-    from rlhf_lib.ppo.rollout import RewardModelScorer
     from rlhf_lib.ppo.trainer import PPOTrainer
+    from rlhf_lib.rewards import RewardModelScorer
 
     device = harness.device()
     lora = LoraSettings(r=LORA_R, alpha=LORA_ALPHA) if mode == "lora" else None

@@ -10,6 +10,7 @@ uses them for itself only and leaves params.yaml byte for byte as it found it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -68,8 +69,14 @@ def _stage_env() -> dict[str, str]:
 
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_helps, task_run_name="stage-{stage}")
 def run_stage(stage: str) -> str:
-    """`dvc repro --single-item <stage>`, its output sent to the Prefect logs; returns what DVC said it did."""
+    """`dvc repro --single-item <stage>` unless DVC finds the stage up to date; its output goes to the Prefect logs.
+
+    Returns "up to date" or "ran".
+    """
     logger = get_run_logger()
+    if stage_is_up_to_date(stage):
+        logger.info("stage %s is up to date (dvc status)", stage)
+        return "up to date"
     command = [_tool("dvc"), "repro", "--single-item", stage]
     logger.info("running %s", " ".join(command))
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
@@ -88,8 +95,17 @@ def run_stage(stage: str) -> str:
     if process.returncode != 0:
         code = next((int(m.group(1)) for line in reversed(tail) if (m := _EXIT_CODE.search(line))), None)
         raise StageFailed(stage, code, "\n".join(tail))
-    skipped = any("didn't change, skipping" in line for line in tail)
-    return "up to date" if skipped else "ran"
+    return "ran"
+
+
+def stage_is_up_to_date(stage: str) -> bool:
+    """What `dvc status --json <stage>` says: the stage is listed only when something it depends on changed."""
+    result = subprocess.run(
+        [_tool("dvc"), "status", "--json", stage], capture_output=True, text=True, env=_stage_env(), check=False
+    )
+    if result.returncode != 0:
+        return False  # let `dvc repro` run and report the problem in full
+    return stage not in json.loads(result.stdout or "{}")
 
 
 def _tool(name: str) -> str:

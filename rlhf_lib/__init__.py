@@ -25,8 +25,11 @@ _EXPORTS = {
     "load_yaml": "rlhf_lib.config",
     "NonFiniteError": "rlhf_lib.errors",
     "AutoModelForCausalLMWithValueHead": "rlhf_lib.models.value_head",
-    "RewardFunction": "rlhf_lib.ppo.rollout",
-    "RewardModelScorer": "rlhf_lib.ppo.rollout",
+    "ClassifierScorer": "rlhf_lib.rewards",
+    "RewardFunction": "rlhf_lib.rewards",
+    "RewardModelScorer": "rlhf_lib.rewards",
+    "RewardSource": "rlhf_lib.rewards",
+    "WeightedReward": "rlhf_lib.rewards",
     "PPOTrainer": "rlhf_lib.ppo.trainer",
     "RewardTrainer": "rlhf_lib.reward_trainer",
     "SFTTrainer": "rlhf_lib.sft_trainer",
@@ -55,13 +58,14 @@ if TYPE_CHECKING:
     )
     from rlhf_lib.errors import NonFiniteError
     from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
-    from rlhf_lib.ppo.rollout import RewardFunction, RewardModelScorer
     from rlhf_lib.ppo.trainer import PPOTrainer
     from rlhf_lib.reward_trainer import RewardTrainer
+    from rlhf_lib.rewards import ClassifierScorer, RewardFunction, RewardModelScorer, RewardSource, WeightedReward
     from rlhf_lib.sft_trainer import SFTTrainer
 
 __all__ = [
     "AutoModelForCausalLMWithValueHead",
+    "ClassifierScorer",
     "ConfigError",
     "DataConfig",
     "GenerationConfig",
@@ -74,9 +78,11 @@ __all__ = [
     "RewardConfig",
     "RewardFunction",
     "RewardModelScorer",
+    "RewardSource",
     "RewardTrainer",
     "SFTConfig",
     "SFTTrainer",
+    "WeightedReward",
     "build_config",
     "load_yaml",
 ]

@@ -1,14 +1,13 @@
 """Text classification on `transformers.Trainer` (the pipeline's held-out sentiment judge uses it).
 
-Trainer already computes cross-entropy from `labels`; this adds the tokenising, accuracy, and a
-scorer that returns P(label=1) for new texts.
+Trainer already computes cross-entropy from `labels`; this adds the tokenising and accuracy. A trained
+classifier scores new texts through `rlhf_lib.rewards.ClassifierScorer`.
 """
 
 from __future__ import annotations
 
 import datasets
 import numpy as np
-import torch
 from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
@@ -61,27 +60,3 @@ class ClassifierTrainer(GuardedTrainer):
             compute_metrics=accuracy,
             callbacks=metric_callbacks(metrics_sink, "judge"),
         )
-
-
-class PositiveClassScorer:
-    """P(label=1) of each text under a trained two-class classifier, in batches."""
-
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int = 256) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-
-    @torch.inference_mode()
-    def __call__(self, texts: list[str], batch_size: int = 32) -> list[float]:
-        device = next(self.model.parameters()).device
-        scores: list[float] = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                texts[start : start + batch_size],
-                truncation=True,
-                max_length=self.max_length,
-                padding=True,
-                return_tensors="pt",
-            ).to(device)
-            scores.extend(self.model(**batch).logits.softmax(-1)[:, 1].tolist())
-        return scores

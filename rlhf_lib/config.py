@@ -262,6 +262,8 @@ def _describe(err: ValidationError, section: str) -> str:
             lines.append(f"{key}: unknown key")
         elif problem["type"] == "missing":
             lines.append(f"{key}: required key is missing")
+        elif not problem["loc"]:  # a check across keys: its message names them; the input is the whole mapping
+            lines.append(problem["msg"].removeprefix("Value error, "))
         else:
             lines.append(f"{key or section}: {problem['msg']} (got {problem.get('input')!r})")
     return "invalid configuration:\n  " + "\n  ".join(lines)

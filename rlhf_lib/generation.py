@@ -50,8 +50,15 @@ def sequence_kl(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     responses: list[torch.Tensor],
+    temperature: float = 1.0,
 ) -> list[float]:
-    """Per-sample KL estimate sum_t log p(y_t) - log p_ref(y_t) over each policy sample (k1, unbiased)."""
+    """Per-sample KL estimate sum_t log p_T(y_t) - log p_ref,T(y_t) over each policy sample (k1).
+
+    Unbiased for KL(p_T || p_ref,T) when the responses were sampled from the policy at `temperature` T without
+    top-k/top-p truncation: both models are scored at the temperature the samples came from.
+    """
+    if temperature <= 0:
+        raise ValueError(f"the KL of sampled responses needs the sampling temperature (> 0), got {temperature}")
     device = next(policy.parameters()).device
     kls = []
     for prompt, response in zip(prompts, responses, strict=True):
@@ -63,7 +70,7 @@ def sequence_kl(
         width = len(response)
         positions = predicting_positions(ids, width)
         logp = [
-            logprobs_of_labels(m(input_ids=ids, logits_to_keep=positions).logits, ids[:, -width:])
+            logprobs_of_labels(m(input_ids=ids, logits_to_keep=positions).logits / temperature, ids[:, -width:])
             for m in (policy, reference)
         ]
         kls.append((logp[0] - logp[1]).sum().item())

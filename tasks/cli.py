@@ -87,30 +87,42 @@ def run_stage(name: str, params_path: Path, tracking: bool) -> dict[str, float]:
     return metrics
 
 
+def summary_table(metrics_dir: Path = Path("metrics")) -> str:
+    """The SFT-vs-PPO comparison from metrics/*.json, as a Markdown table (printed and sent to Prefect).
+
+    One row per judge that ran, with the PPO win rate and the 95% paired-bootstrap interval on PPO - SFT.
+    """
+    evaluation = json.loads((metrics_dir / "evaluate.json").read_text())
+    lines = ["| metric | SFT | PPO | PPO win rate | 95% interval, PPO - SFT |", "|---|---:|---:|---:|---:|"]
+    judges = [key.split("/")[2] for key in evaluation if key.startswith("eval/judge/") and key.endswith("/sft")]
+    for judge in judges:
+        figures = {
+            key.rsplit("/", 1)[1]: value for key, value in evaluation.items() if key.startswith(f"eval/judge/{judge}/")
+        }
+        lines.append(
+            f"| judge `{judge}` | {figures['sft']:.3f} | {figures['ppo']:.3f} | {figures['win_rate_ppo']:.3f} "
+            f"| [{figures['diff_ci_low']:+.3f}, {figures['diff_ci_high']:+.3f}] |"
+        )
+    for label, key in SUMMARY_ROWS:
+        lines.append(f"| {label} | {evaluation[f'eval/sft_{key}']:.3f} | {evaluation[f'eval/ppo_{key}']:.3f} | | |")
+    lines.append(f"| KL(PPO \\|\\| SFT) per response (nats) | | {evaluation['eval/kl_ppo_to_sft']:.3f} | | |")
+    for stage, key, label in HELD_OUT_ACCURACIES:
+        path = metrics_dir / f"{stage}.json"
+        figures = json.loads(path.read_text()) if path.is_file() else {}
+        if key in figures:  # absent when the stage was skipped
+            lines.append(f"| {label} | {figures[key]:.3f} | | | |")
+    return "\n".join(lines)
+
+
 SUMMARY_ROWS = [
-    ("held-out judge P(positive)", "judge_score"),
-    ("VADER compound (2nd judge)", "judge_vader"),
-    ("reward-model score (proxy)", "reward_model_score"),
+    ("proxy reward (what PPO maximised)", "proxy_reward"),
     ("response words", "response_words"),
     ("distinct-2", "distinct_2"),
 ]
-
-
-def summary_table(metrics_dir: Path = Path("metrics")) -> str:
-    """The SFT-vs-PPO comparison from metrics/*.json, as a Markdown table (printed and sent to Prefect)."""
-    evaluation = json.loads((metrics_dir / "evaluate.json").read_text())
-    reward = json.loads((metrics_dir / "reward.json").read_text())
-    judge = json.loads((metrics_dir / "judge.json").read_text())
-    lines = ["| metric | SFT | PPO |", "|---|---:|---:|"]
-    for label, key in SUMMARY_ROWS:
-        lines.append(f"| {label} | {evaluation[f'eval/sft_{key}']:.3f} | {evaluation[f'eval/ppo_{key}']:.3f} |")
-    lines += [
-        f"| judge win rate of PPO over SFT | | {evaluation['eval/judge_win_rate_ppo']:.3f} |",
-        f"| KL(PPO \|\| SFT) per response (nats) | | {evaluation['eval/kl_ppo_to_sft']:.3f} |",
-        f"| reward model held-out pair accuracy | {reward['reward/eval_accuracy']:.3f} | |",
-        f"| judge held-out accuracy | {judge['judge/test_accuracy']:.3f} | |",
-    ]
-    return "\n".join(lines)
+HELD_OUT_ACCURACIES = [
+    ("reward", "reward/eval_accuracy", "reward model held-out pair accuracy"),
+    ("judge", "judge/test_accuracy", "trained judge held-out accuracy"),
+]
 
 
 def main(argv: list[str] | None = None) -> None:

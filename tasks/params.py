@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlhf_lib.config import (
     ClassifierConfig,
@@ -22,6 +22,7 @@ from rlhf_lib.config import (
     load_yaml,
 )
 from rlhf_lib.precision import default_bf16
+from rlhf_lib.rewards import RewardSourceError, import_callable
 from tasks.expectations import ValidateConfig
 from tasks.prepare import PrepareConfig
 
@@ -31,6 +32,7 @@ MODELS_DIR = Path("models")
 CHECKPOINTS_DIR = Path("checkpoints")
 METRICS_DIR = Path("metrics")
 REPORTS_DIR = Path("reports")
+C = TypeVar("C", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -43,7 +45,21 @@ class EvaluateConfig(_Section):
     num_prompts: int = Field(64, gt=0)
     """Evaluation prompts to use (from data/prepared/eval_prompts.jsonl)."""
     generation: GenerationConfig = GenerationConfig()
-    """Sampling settings shared by both policies."""
+    """Sampling settings shared by both policies; temperature > 0 and no top-k/top-p, because the KL that gates
+    promotion is estimated from these samples."""
+    bootstrap_samples: int = Field(2000, ge=100)
+    """Paired-bootstrap resamples behind each judge's 95% interval on the PPO - SFT difference."""
+
+    @model_validator(mode="after")
+    def _samples_give_an_unbiased_kl(self) -> EvaluateConfig:
+        sampling = self.generation
+        if sampling.temperature <= 0 or sampling.top_k or sampling.top_p < 1.0:
+            raise ValueError(
+                "generation: the KL(PPO || SFT) gate is estimated from these samples, which needs plain sampling "
+                f"(temperature > 0, top_k 0, top_p 1.0); got temperature {sampling.temperature}, top_k "
+                f"{sampling.top_k}, top_p {sampling.top_p}"
+            )
+        return self
 
 
 class TrackingConfig(_Section):
@@ -61,13 +77,79 @@ class TrackingConfig(_Section):
     """If the MLflow server in MLFLOW_TRACKING_URI is unreachable, log to sqlite:///mlflow.db instead of failing."""
     promotion_kl_budget: float = Field(5.0, gt=0)
     """Most KL(PPO || SFT) per response (nats) a candidate may have to become champion."""
+    promotion_judge: str | None = None
+    """The judge (a name in `judges`) whose paired-bootstrap interval on PPO - SFT must lie above zero for a
+    candidate to become champion; None: the first judge."""
+
+
+class _Source(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Name in metrics (`ppo/reward/<name>`, `eval/judge/<name>/...`): letters, digits, `_`, `.`, `-`."""
+
+
+class TrainedSource(_Source):
+    """The classifier a pipeline stage trains: the `reward` stage's reward model, or the `judge` stage's judge."""
+
+    kind: Literal["trained"]
+
+
+class ClassifierSource(_Source):
+    """Any sequence classifier by local path or Hub name: one label's probability or logit."""
+
+    kind: Literal["classifier"]
+    model: ModelConfig
+    """Where the classifier and its tokenizer come from."""
+    label: int | str = 1
+    """Output index, or a label name from the model's id2label (e.g. "POSITIVE")."""
+    output: Literal["probability", "logit"] = "probability"
+    """Softmax probability of the label, or its raw logit."""
+    include_prompt: bool = True
+    """Score prompt + response (True) or the response alone."""
+
+
+class FunctionSource(_Source):
+    """A Python function `f(prompts, responses) -> list[float]`, named `module.path:callable`."""
+
+    kind: Literal["function"]
+    function: str
+    """`module.path:callable`, importable from the project folder (e.g. `recipes.sentiment.judges:vader`)."""
+
+
+class ReferenceSource(_Source):
+    """A reference-based metric, for evaluation rows that carry a `reference` (judges only)."""
+
+    kind: Literal["reference"]
+    metric: Literal["chrf"] = "chrf"
+    """chrF (sacrebleu's sentence-level chrF, 0-100) of the response against the row's reference."""
+
+
+class _Weighted(_Section):
+    weight: float = 1.0
+    """Weight of this source in the reward sum."""
+
+
+class TrainedReward(TrainedSource, _Weighted):
+    """The reward model the `reward` stage trains on data/prepared/preference.jsonl (its logit)."""
+
+
+class ClassifierReward(ClassifierSource, _Weighted):
+    """A sequence classifier's label probability or logit, weighted."""
+
+
+class FunctionReward(FunctionSource, _Weighted):
+    """A Python reward function, weighted."""
+
+
+RewardEntry = Annotated[TrainedReward | ClassifierReward | FunctionReward, Field(discriminator="kind")]
+JudgeEntry = Annotated[TrainedSource | ClassifierSource | FunctionSource | ReferenceSource, Field(discriminator="kind")]
+TRAINER_SECTIONS = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "judge": ClassifierConfig}
 
 
 class PipelineParams(_Section):
     """The whole of params.yaml."""
 
     seed: int = 0
-    """Global seed; stages derive theirs from it unless their section sets one."""
+    """Global seed; the sft, reward, judge and ppo sections take it unless they set their own."""
     prepare: PrepareConfig = PrepareConfig()
     """Building the datasets from labelled reviews."""
     validate_data: ValidateConfig = Field(ValidateConfig(), alias="validate")
@@ -75,42 +157,75 @@ class PipelineParams(_Section):
     policy: ModelConfig
     """Base policy model (its tokenizer is the policy's)."""
     reward_model: ModelConfig
-    """Backbone of the reward model (may have its own tokenizer)."""
-    sft: dict[str, Any] = {}
+    """Backbone of the trained reward model (may have its own tokenizer)."""
+    sft: SFTConfig
     """SFTConfig fields except output_dir (see rlhf_lib.config.SFTConfig)."""
-    reward: dict[str, Any] = {}
-    """RewardConfig fields except output_dir."""
-    ppo: dict[str, Any] = {}
+    reward: RewardConfig
+    """RewardConfig fields except output_dir (training of the reward model)."""
+    reward_sources: list[RewardEntry] = [TrainedReward(name="reward_model", kind="trained")]
+    """The reward PPO maximises: the weighted sum of these sources (`kind`: trained, classifier or function), each
+    logged as ppo/reward/<name>. The `reward` stage trains a model only when a source is `trained`."""
+    ppo: PPOConfig
     """PPOConfig fields except output_dir."""
     judge_model: ModelConfig | None = None
-    """Backbone of the held-out sentiment judge; None reuses reward_model's backbone."""
-    judge: dict[str, Any] = {}
+    """Backbone of the trained judge; None reuses reward_model's backbone."""
+    judge: ClassifierConfig
     """ClassifierConfig fields except output_dir (training of the judge)."""
+    judges: list[JudgeEntry] = [TrainedSource(name="judge", kind="trained")]
+    """What decides whether PPO beat SFT. A `trained` judge is the classifier the `judge` stage trains (its score
+    is P(label 1)); the `judge` stage is skipped when no judge is `trained`."""
     evaluate: EvaluateConfig = EvaluateConfig()
     """Evaluation settings."""
     tracking: TrackingConfig = TrackingConfig()
     """MLflow settings."""
 
-    def sft_config(self) -> SFTConfig:
-        return _with_output(SFTConfig, self.sft, "sft")
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_trainer_sections(cls, data: Any) -> Any:
+        """Each trainer section gets its fixed output folder and, unless it sets one, the global seed."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in TRAINER_SECTIONS:
+            section = data.get(name) or {}
+            if not isinstance(section, dict):
+                continue  # pydantic names the section and the type it got
+            if "output_dir" in section:
+                raise ValueError(f"{name}.output_dir: set by the pipeline ({CHECKPOINTS_DIR / name}); remove it")
+            data[name] = {"seed": data.get("seed", 0), **section, "output_dir": str(CHECKPOINTS_DIR / name)}
+        return data
 
-    def reward_config(self) -> RewardConfig:
-        return _with_output(RewardConfig, self.reward, "reward")
+    @model_validator(mode="after")
+    def _names_are_consistent(self) -> PipelineParams:
+        for what, names in (("reward_sources", [r.name for r in self.reward_sources]), ("judges", self.judge_names())):
+            if not names:
+                raise ValueError(f"{what}: name at least one")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what}: names must be distinct, got {names}")
+        if self.tracking.promotion_judge is not None and self.tracking.promotion_judge not in self.judge_names():
+            wanted = self.tracking.promotion_judge
+            raise ValueError(f"tracking.promotion_judge: {wanted!r} is not one of the judges {self.judge_names()}")
+        return self
 
-    def ppo_config(self) -> PPOConfig:
-        return _with_output(PPOConfig, self.ppo, "ppo")
+    def judge_names(self) -> list[str]:
+        return [judge.name for judge in self.judges]
 
-    def judge_config(self) -> ClassifierConfig:
-        return _with_output(ClassifierConfig, self.judge, "judge")
+    def promotion_judge(self) -> str:
+        return self.tracking.promotion_judge or self.judges[0].name
+
+    def trains_reward_model(self) -> bool:
+        return any(isinstance(source, TrainedSource) for source in self.reward_sources)
+
+    def trains_judge(self) -> bool:
+        return any(isinstance(judge, TrainedSource) for judge in self.judges)
 
     def judge_backbone(self) -> ModelConfig:
         return self.judge_model or self.reward_model.model_copy(update={"lora": None})
 
 
-def _with_output(cls, section: dict[str, Any], name: str):
-    if "output_dir" in section:
-        raise ConfigError(f"{name}.output_dir: set by the pipeline ({CHECKPOINTS_DIR / name}); remove it")
-    return build_config(cls, {**section, "output_dir": str(CHECKPOINTS_DIR / name)}, name)
+def with_output_dir(config: C, output_dir: Path) -> C:
+    """`config` with another output folder, validated again (model_copy would skip validation)."""
+    return type(config).model_validate(config.model_dump() | {"output_dir": str(output_dir)})
 
 
 def checkpoint_dir(stage: str, settings: Any, inputs: list[Path]) -> Path:
@@ -148,6 +263,17 @@ def params_from_text(text: str) -> PipelineParams:
 
 def _validated(data: dict[str, Any]) -> PipelineParams:
     params = build_config(PipelineParams, data, "")
-    params.sft_config(), params.reward_config(), params.ppo_config(), params.judge_config()
+    for index, source in enumerate(params.reward_sources):
+        _require_importable(source, f"reward_sources[{index}].function")
+    for index, judge in enumerate(params.judges):
+        _require_importable(judge, f"judges[{index}].function")
     default_bf16()  # a bad RLHF_DEFAULT_PRECISION fails here too, before any model loads
     return params
+
+
+def _require_importable(source: Any, key: str) -> None:
+    if isinstance(source, FunctionSource):
+        try:
+            import_callable(source.function)
+        except RewardSourceError as err:
+            raise ConfigError(f"{key}: {err}") from None

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-CURVES = (("objective/scores", "reward-model score"), ("objective/kl", "KL to reference (nats)"))
+CURVES = (("objective/scores", "reward (sum of reward_sources)"), ("objective/kl", "KL to reference (nats)"))
 
 
 def ppo_curves(history_csv: Path) -> Figure:

@@ -1,4 +1,4 @@
-"""Stage `ppo`: optimise the SFT policy against the reward model with KL to the SFT reference.
+"""Stage `ppo`: optimise the SFT policy against the reward of params.yaml with KL to the SFT reference.
 
 Writes models/ppo and metrics/ppo_history.csv (reward and KL per step, for `dvc plots`).
 """
@@ -14,11 +14,11 @@ from rlhf_lib.config import DataConfig, ModelConfig
 from rlhf_lib.data.formats import prompt_text
 from rlhf_lib.data.sources import load_rows
 from rlhf_lib.io import atomic_write_text
-from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_tokenizer, require_fits_context
+from rlhf_lib.models.loading import load_causal_lm, load_tokenizer, require_fits_context
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
-from rlhf_lib.ppo.rollout import RewardModelScorer
 from rlhf_lib.ppo.trainer import PPOTrainer
-from tasks.params import DATA_DIR, METRICS_DIR, MODELS_DIR, PipelineParams, checkpoint_dir
+from tasks.params import DATA_DIR, METRICS_DIR, MODELS_DIR, PipelineParams, checkpoint_dir, with_output_dir
+from tasks.scoring import REWARD_MODEL_DIR, build_reward, probe_reward
 
 HISTORY_COLUMNS = ["step", "objective/scores", "objective/kl", "objective/rlhf_reward", "response_length"]
 
@@ -46,11 +46,13 @@ class HistoryFile:
 
 def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, float]:
     data = DATA_DIR / "ppo_prompts.jsonl"
-    sft_dir, reward_dir = MODELS_DIR / "sft", MODELS_DIR / "reward"
-    settings = {"ppo": params.ppo, "lora": params.policy.lora, "seed": params.seed}
-    cfg = params.ppo_config().model_copy(
-        update={"output_dir": str(checkpoint_dir("ppo", settings, [data, sft_dir, reward_dir])), "seed": params.seed}
-    )
+    sft_dir = MODELS_DIR / "sft"
+    settings = {
+        "ppo": params.ppo.model_dump(exclude={"output_dir"}),
+        "lora": params.policy.lora,
+        "reward_sources": [source.model_dump() for source in params.reward_sources],
+    }
+    cfg = with_output_dir(params.ppo, checkpoint_dir("ppo", settings, [data, sft_dir, REWARD_MODEL_DIR]))
     # The SFT model (LoRA merged) is both the start and, with the new adapter off, the reference.
     policy_cfg = ModelConfig(
         name_or_path=str(sft_dir), lora=params.policy.lora, trust_remote_code=params.policy.trust_remote_code
@@ -58,9 +60,9 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     require_fits_context(policy_cfg, cfg.max_prompt_length + cfg.max_new_tokens, "ppo.max_new_tokens")
     tokenizer = load_tokenizer(policy_cfg)
     model = AutoModelForCausalLMWithValueHead(load_causal_lm(policy_cfg))
-    reward_cfg = ModelConfig(name_or_path=str(reward_dir), trust_remote_code=params.reward_model.trust_remote_code)
-    scorer = RewardModelScorer(load_sequence_scorer(reward_cfg), load_tokenizer(reward_cfg, padding_side="right"))
     prompts = [prompt_text(row, tokenizer) for row in load_rows(DataConfig(source=str(data)))]
+    reward = build_reward(params)
+    probe_reward(reward, prompts)
     history_file = HistoryFile(METRICS_DIR / "ppo_history.csv")
 
     def log_step(metrics: dict[str, float], step: int) -> None:
@@ -68,7 +70,7 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
         if sink:
             sink(metrics, step)
 
-    trainer = PPOTrainer(cfg, model, tokenizer, prompts, scorer, metrics_sink=log_step)
+    trainer = PPOTrainer(cfg, model, tokenizer, prompts, reward, metrics_sink=log_step)
     history = trainer.train()
     trainer.save_policy(MODELS_DIR / "ppo")
     # From the file, not `history`: a run resumed at its last step trains no step of its own.

@@ -1,8 +1,8 @@
 """MLflow model registry: log trained models, alias the new policy `candidate`, promote `champion`.
 
-A candidate becomes champion only when its held-out judge score beats the current champion's and
-its KL to the SFT reference stays within `tracking.promotion_kl_budget`; the decision and its
-reason are recorded on the model version as tags.
+A candidate becomes champion only when the gating judge's 95% paired-bootstrap interval on PPO - SFT lies
+above zero, its judge score beats the current champion's, and its KL to the SFT reference stays within
+`tracking.promotion_kl_budget`; the decision and its reason are recorded on the model version as tags.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rlhf_lib.config import ConfigError
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 EXPERIMENT_TAG = "rlhf.experiment"  # on a registered model: the one MLflow experiment whose runs may register to it
-JUDGE_METRIC, KL_METRIC = "eval/ppo_judge_score", "eval/kl_ppo_to_sft"
+JUDGE_METRIC, KL_METRIC, CI_LOW_METRIC = "eval/ppo_judge_score", "eval/kl_ppo_to_sft", "eval/judge_diff_ci_low"
 # Passed explicitly: MLflow's inference would add torchvision, which does not import beside CPU torch.
 _SERVING_PACKAGES = ("torch", "transformers", "accelerate", "safetensors", "tokenizers")
 
@@ -98,10 +98,15 @@ class Promotion:
     reason: str
 
 
-def decide_promotion(judge_score: float, kl: float, kl_budget: float, champion_judge_score: float | None) -> Promotion:
-    """Champion only if the KL is within budget and the judge score beats the champion's (if any)."""
+def decide_promotion(
+    judge_score: float, kl: float, kl_budget: float, champion_judge_score: float | None, ci_low: float
+) -> Promotion:
+    """Champion only if the KL is within budget, PPO beats SFT beyond doubt (the interval's lower bound is above
+    zero), and the judge score beats the champion's (if any)."""
     if kl > kl_budget:
         return Promotion(False, f"KL {kl:.3f} exceeds the budget {kl_budget:.3f}")
+    if ci_low <= 0:
+        return Promotion(False, f"the judge's 95% interval on PPO - SFT reaches {ci_low:.4f}, not above zero")
     if champion_judge_score is not None and judge_score <= champion_judge_score:
         return Promotion(False, f"judge score {judge_score:.4f} <= the champion's {champion_judge_score:.4f}")
     against = "no champion yet" if champion_judge_score is None else f"champion had {champion_judge_score:.4f}"
@@ -113,11 +118,13 @@ def promote_candidate(name: str, version: str, metrics: dict[str, float], kl_bud
     client = MlflowClient()
     client.set_registered_model_alias(name, CANDIDATE, version)
     champion_score = _champion_judge_score(client, name)
-    decision = decide_promotion(metrics[JUDGE_METRIC], metrics[KL_METRIC], kl_budget, champion_score)
+    decision = decide_promotion(
+        metrics[JUDGE_METRIC], metrics[KL_METRIC], kl_budget, champion_score, metrics[CI_LOW_METRIC]
+    )
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "promotion", decision.reason)
-    for key in (JUDGE_METRIC, KL_METRIC):
+    for key in (JUDGE_METRIC, KL_METRIC, CI_LOW_METRIC):
         client.set_model_version_tag(name, version, key, f"{metrics[key]:.6f}")
     return decision
 

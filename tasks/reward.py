@@ -1,32 +1,34 @@
-"""Stage `reward`: train the reward model on preference pairs; writes models/reward and metrics/reward.json."""
+"""Stage `reward`: train the reward model on preference pairs; writes models/reward and metrics/reward.json.
+
+Skipped (and says so) when no reward source is `trained`: a reward of functions or ready-made classifiers needs
+no reward model.
+"""
 
 from __future__ import annotations
 
 from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import DataConfig
 from rlhf_lib.data.sources import load_rows, split_train_eval
-from rlhf_lib.hf_training import save_final, train_resuming
-from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer, require_fits_context
+from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer
 from rlhf_lib.reward_trainer import RewardTrainer
-from tasks.params import DATA_DIR, MODELS_DIR, PipelineParams, checkpoint_dir
+from tasks.params import DATA_DIR, PipelineParams
+from tasks.scoring import REWARD_MODEL_DIR
+from tasks.training import SKIPPED_FILE, fit_and_save, skip, stage_config
 
 HELD_OUT_FRACTION = 0.1
 
 
 def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, float]:
+    if not params.trains_reward_model():
+        return skip("reward", REWARD_MODEL_DIR, "no reward source is `trained` (see reward_sources)")
     data = DATA_DIR / "preference.jsonl"
-    settings = {"reward": params.reward, "model": params.reward_model.model_dump(), "seed": params.seed}
-    cfg = params.reward_config().model_copy(
-        update={"output_dir": str(checkpoint_dir("reward", settings, [data])), "seed": params.seed}
-    )
-    require_fits_context(params.reward_model, cfg.max_length, "reward.max_length")
-    rows = load_rows(DataConfig(source=str(data), seed=params.seed))
-    train, held_out = split_train_eval(rows, HELD_OUT_FRACTION, params.seed)
+    cfg = stage_config("reward", params.reward, params.reward_model, [data])
+    rows = load_rows(DataConfig(source=str(data), seed=cfg.seed))
+    train, held_out = split_train_eval(rows, HELD_OUT_FRACTION, cfg.seed)
     tokenizer = load_tokenizer(params.reward_model, padding_side="right")
     trainer = RewardTrainer(load_sequence_scorer(params.reward_model), tokenizer, cfg, train, held_out, sink)
-    resumed_from = train_resuming(trainer)["resumed_from_step"]
-    evaluation = trainer.evaluate()
-    save_final(trainer.model, tokenizer, MODELS_DIR / "reward")
+    evaluation, resumed_from = fit_and_save(trainer, tokenizer, REWARD_MODEL_DIR)
+    (REWARD_MODEL_DIR / SKIPPED_FILE).unlink(missing_ok=True)  # a trained model replaces an earlier skip
     return {
         "reward/eval_accuracy": evaluation["eval_accuracy"],
         "reward/eval_margin": evaluation["eval_margin"],

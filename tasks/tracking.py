@@ -26,7 +26,7 @@ from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.precision import default_bf16
 from tasks import registry
 from tasks.errors import TrackingUnavailableError
-from tasks.params import METRICS_DIR, MODELS_DIR, REPORTS_DIR, PipelineParams
+from tasks.params import METRICS_DIR, MODELS_DIR, REPORTS_DIR, TRAINER_SECTIONS, PipelineParams
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PIPELINE_RUN_ENV = "RLHF_PIPELINE_RUN_ID"
@@ -38,11 +38,11 @@ HEADLINE_METRICS = (
     "eval/ppo_judge_score",
     "eval/sft_judge_score",
     "eval/judge_win_rate_ppo",
+    "eval/judge_diff_ci_low",
+    "eval/judge_diff_ci_high",
     "eval/kl_ppo_to_sft",
-    "eval/ppo_judge_vader",
-    "eval/sft_judge_vader",
-    "eval/ppo_reward_model_score",
-    "eval/sft_reward_model_score",
+    "eval/ppo_proxy_reward",
+    "eval/sft_proxy_reward",
     "reward/eval_accuracy",
     "judge/test_accuracy",
     "ppo/final_scores",
@@ -185,7 +185,7 @@ def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, flo
     client.log_batch(parent, metrics=headline)
     if stage == "validate":
         mlflow.log_artifact(str(REPORTS_DIR / "validation.json"))
-    elif stage == "reward" and params.tracking.log_models:
+    elif stage == "reward" and params.tracking.log_models and params.trains_reward_model():
         name = params.tracking.reward_model_name
         registry.log_model(MODELS_DIR / "reward", "reward_model", name, "text-classification")
     elif stage == "ppo":
@@ -213,14 +213,7 @@ def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, flo
 
 def resolved_params(params: PipelineParams) -> dict[str, Any]:
     """params.yaml with every trainer section filled in with its defaults (what the stages really use)."""
-    trainers = {
-        "sft": params.sft_config(),
-        "reward": params.reward_config(),
-        "ppo": params.ppo_config(),
-        "judge": params.judge_config(),
-    }
-    sections = {name: cfg.model_dump(exclude={"output_dir"}) for name, cfg in trainers.items()}
-    return params.model_dump(by_alias=True) | sections
+    return params.model_dump(by_alias=True, exclude={name: {"output_dir"} for name in TRAINER_SECTIONS})
 
 
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:

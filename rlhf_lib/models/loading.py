@@ -154,10 +154,15 @@ def load_causal_lm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreT
     return apply_lora(model, cfg, task_type="CAUSAL_LM")
 
 
-def load_sequence_scorer(cfg: ModelConfig, dtype: torch.dtype = torch.float32, num_labels: int = 1) -> PreTrainedModel:
-    """Load a backbone with a classification head: one output (a reward model) or `num_labels` classes."""
+def load_sequence_scorer(
+    cfg: ModelConfig, dtype: torch.dtype = torch.float32, num_labels: int | None = 1
+) -> PreTrainedModel:
+    """Load a backbone with a classification head: one output (a reward model), `num_labels` classes, or (None)
+    the head the checkpoint has (a ready-made classifier)."""
     path = resolve_model_path(cfg)
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    if num_labels is None:
+        num_labels = config.num_labels
     # A checkpoint whose head has another size (a 1-output scorer reused as a 2-class judge) gets a new head.
     mismatched_head = getattr(config, "num_labels", num_labels) != num_labels
     config.num_labels = num_labels

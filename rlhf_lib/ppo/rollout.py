@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -14,9 +13,6 @@ from rlhf_lib.models.lm_head import recording_last_hidden_states
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.core import logprobs_of_labels
 from rlhf_lib.sampling import Sampling
-
-RewardFunction = Callable[[list[str], list[str]], list[float]]
-"""f(prompts, responses) -> one score per response."""
 
 
 @dataclass
@@ -36,6 +32,8 @@ class Rollout:
     """One scalar score per episode, after the missing-EOS penalty."""
     contains_eos: torch.Tensor
     responses: list[str]
+    score_components: dict[str, float]
+    """Mean score of each reward source before weighting (empty for a single-function reward)."""
 
     @property
     def response_length(self) -> int:
@@ -134,33 +132,3 @@ def reference_logprobs(
             use_cache=False,
         ).logits
     return logprobs_of_labels(at_temperature(logits, temperature), input_ids[:, -response_width:])
-
-
-class RewardModelScorer:
-    """Adapts a one-output sequence classifier (any backbone and tokenizer) to a RewardFunction."""
-
-    def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32, max_length: int = 512
-    ) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.max_length = max_length
-
-    @torch.inference_mode()
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
-        device = next(self.model.parameters()).device
-        texts = [prompt + response for prompt, response in zip(prompts, responses, strict=True)]
-        scores: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            # Right padding: sequence classifiers pool the last non-pad token.
-            encoded = self.tokenizer(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                padding_side="right",
-            ).to(device)
-            scores.extend(self.model(**encoded).logits[:, 0].float().tolist())
-        return scores

@@ -37,13 +37,13 @@ from rlhf_lib.ppo.core import (
 )
 from rlhf_lib.ppo.kl_control import KLController
 from rlhf_lib.ppo.rollout import (
-    RewardFunction,
     Rollout,
     reference_logprobs,
     response_logprobs_and_values,
     sample_responses,
 )
 from rlhf_lib.precision import cast_frozen_weights, use_bf16
+from rlhf_lib.rewards import RewardFunction
 from rlhf_lib.sampling import Sampling
 
 CHECKPOINTS_TO_KEEP = 2
@@ -164,9 +164,12 @@ class PPOTrainer:
         texts = tokenizer.batch_decode(
             [row[: int(n)] for row, n in zip(responses, mask.sum(1), strict=True)], skip_special_tokens=True
         )
-        scores = torch.tensor(self.reward_fn(prompts, texts), dtype=torch.float32, device=input_ids.device)
+        raw_scores = self.reward_fn(prompts, texts)
+        scores = torch.tensor(raw_scores, dtype=torch.float32, device=input_ids.device)
         if scores.shape != (len(prompts),):
             raise ValueError(f"reward function returned {tuple(scores.shape)} scores for {len(prompts)} responses")
+        # A WeightedReward also hands back each source's scores, logged as reward/<source>.
+        components = {name: sum(values) / len(values) for name, values in getattr(raw_scores, "components", {}).items()}
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~contains_eos).float()
         if recorded is None:
@@ -189,6 +192,7 @@ class PPOTrainer:
             scores,
             contains_eos,
             texts,
+            components,
         )
 
     def step(self, prompts: list[str]) -> dict[str, float] | None:
@@ -230,6 +234,7 @@ class PPOTrainer:
             "eps": len(prompts) / (time.perf_counter() - started),
             "skipped_batches": self.skipped_batches,
         }
+        metrics |= {f"reward/{name}": value for name, value in batch.score_components.items()}
         self.kl_ctl.update(sequence_kl, len(prompts))
         return metrics
 

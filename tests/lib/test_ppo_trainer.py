@@ -10,8 +10,8 @@ from rlhf_lib.errors import NonFiniteError
 from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_tokenizer
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.checkpoint import list_checkpoints
-from rlhf_lib.ppo.rollout import RewardModelScorer
 from rlhf_lib.ppo.trainer import PPOTrainer
+from rlhf_lib.rewards import RewardModelScorer, RewardSource, WeightedReward
 
 # Every test here runs with `bf16: null` resolved to fp32 and to bf16 (autocast, bf16 frozen weights).
 pytestmark = pytest.mark.usefixtures("default_precision")
@@ -192,3 +192,16 @@ def test_missing_eos_penalty_hits_only_responses_without_eos(tiny_lm_dir, tmp_pa
     for row, mask in zip(responses, batch.mask, strict=True):
         kept = row[mask.bool()].tolist()
         assert eos not in kept[:-1]
+
+
+def test_weighted_reward_logs_each_source_and_trains_on_their_sum(tiny_lm_dir, tiny_rm_dir, tmp_path):
+    rm_cfg = ModelConfig(name_or_path=tiny_rm_dir)
+    scorer = RewardModelScorer(load_sequence_scorer(rm_cfg), load_tokenizer(rm_cfg, padding_side="right"))
+    trainer = _trainer(tiny_lm_dir, tmp_path, total_steps=1)
+    share = trainer.reward_fn
+    trainer.reward_fn = WeightedReward([RewardSource("model", scorer, 0.5), RewardSource("share", share, 2.0)])
+    metrics = trainer.step(trainer.prompts_for_step(0))
+    assert set(metrics) >= {"reward/model", "reward/share"}
+    # The mean of a weighted sum is the weighted sum of the means.
+    expected = 0.5 * metrics["reward/model"] + 2.0 * metrics["reward/share"]
+    assert metrics["objective/scores"] == pytest.approx(expected, abs=1e-5)

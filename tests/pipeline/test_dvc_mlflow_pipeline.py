@@ -127,8 +127,17 @@ def test_registered_policy_is_candidate_and_loads_back_to_generate(reproduced, m
     import mlflow
 
     first = mlflow_client.get_model_version("rlhf-smoke-policy", "1")
-    # The first candidate meets no champion, and the smoke profile's KL budget is generous.
-    assert "no champion yet" in first.tags["promotion"]
+    project = reproduced[0]
+    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    # The smoke profile's KL budget is generous and there is no champion yet: the judge's interval decides.
+    if evaluation["eval/judge_diff_ci_low"] > 0:
+        assert "no champion yet" in first.tags["promotion"]
+        assert mlflow_client.get_model_version_by_alias("rlhf-smoke-policy", "champion").version == "1"
+    else:
+        assert "not above zero" in first.tags["promotion"]
+        with pytest.raises(mlflow.exceptions.MlflowException):
+            mlflow_client.get_model_version_by_alias("rlhf-smoke-policy", "champion")
+    assert float(first.tags["eval/judge_diff_ci_low"]) == pytest.approx(evaluation["eval/judge_diff_ci_low"], abs=1e-6)
     assert mlflow_client.get_registered_model("rlhf-smoke-policy").tags["rlhf.experiment"] == "rlhf-smoke"
     reward_model = mlflow_client.get_model_version("rlhf-smoke-reward-model", "1")
     assert mlflow_client.get_run(reward_model.run_id).data.tags["rlhf.stage"] == "reward"
@@ -156,7 +165,11 @@ def test_experiments_compare_in_exp_show_metrics_diff_and_plots_diff(reproduced,
         assert plots.returncode == 0, plots.stderr
         page = (tmp_path / "plots/index.html").read_text()
         assert "vegaEmbed" in page and not re.search(r"<script[^>]+src=[\"']https?:", page)  # draws offline
-        for title in ("PPO step", "mean reward-model score of the batch", "KL(policy || SFT reference)"):
+        for title in (
+            "PPO step",
+            "mean reward of the batch (the weighted sum of reward_sources)",
+            "KL(policy || SFT reference)",
+        ):
             assert title in page
         assert page.count('"rev": "baseline"') > 0 and page.count('"rev": "kl-0.2"') > 0
     # exp apply brought the baseline's metrics back, byte for byte

@@ -3,6 +3,7 @@ training (or, when asked, it logs locally); the flow retries transient stage fai
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -129,3 +130,21 @@ def test_flow_task_retries_transient_failures_only(tmp_path, monkeypatch, fail_c
         else:
             assert one_stage() == "ran"
     assert (tmp_path / "attempts").read_text() == str(attempts)
+
+
+def test_reward_and_judge_stages_skip_when_nothing_needs_training(prepared):
+    project, env = prepared
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    vader = {"kind": "function", "function": "recipes.sentiment.judges:vader"}
+    params["reward_sources"] = [{"name": "positivity", **vader}]
+    params["judges"] = [{"name": "vader", **vader}]
+    params["tracking"]["promotion_judge"] = None  # the first judge
+    path = project / "no_training.yaml"
+    path.write_text(yaml.safe_dump(params))
+    for stage in ("reward", "judge"):
+        result = run(["rlhf", "stage", stage, "--no-tracking", "--params", str(path)], project, env)
+        assert result.returncode == 0, result.stderr
+        assert f"{stage}: skipped" in result.stdout
+        assert json.loads((project / f"metrics/{stage}.json").read_text())[f"{stage}/skipped"] == 1.0
+        assert (project / f"models/{stage}/skipped.json").is_file()
+    assert not (project / "checkpoints").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,6 @@ import pytest
 import yaml
 
 from rlhf_lib.config import ConfigError
-from tasks.evaluate import distinct_n
 from tasks.params import checkpoint_dir, load_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,8 +18,55 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_shipped_params_are_valid():
     params = load_params(ROOT / "params.yaml")
-    assert params.ppo_config().batch_size % params.ppo_config().num_mini_batches == 0
+    assert params.ppo.batch_size % params.ppo.num_mini_batches == 0
     assert params.policy.gguf_file.endswith(".gguf")
+
+
+def test_trainer_sections_are_typed_and_take_the_global_seed_unless_they_set_their_own(tmp_path):
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["seed"], data["judge"]["seed"] = 7, 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    params = load_params(tmp_path / "params.yaml")
+    assert (params.sft.seed, params.reward.seed, params.ppo.seed, params.judge.seed) == (7, 7, 7, 3)
+    assert params.sft.output_dir == "checkpoints/sft" and params.ppo.learning_rate == data["ppo"]["learning_rate"]
+
+
+def test_reward_sources_and_judges_are_checked_before_any_work(tmp_path):
+    def load_with(**changes):
+        data = yaml.safe_load((ROOT / "params.yaml").read_text()) | changes
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+        return load_params(tmp_path / "params.yaml")
+
+    fn = {"name": "f", "kind": "function", "function": "recipes.sentiment.judges:vader"}
+    params = load_with(reward_sources=[fn | {"weight": 0.5}])
+    assert not params.trains_reward_model() and params.reward_sources[0].weight == 0.5
+    cases = [
+        ({"reward_sources": [fn | {"function": "recipes.sentiment.judges:nothing"}]}, "reward_sources[0].function"),
+        ({"reward_sources": [fn | {"function": "no_such_pkg.mod:f"}]}, "cannot import no_such_pkg.mod"),
+        ({"reward_sources": [fn, fn]}, "names must be distinct"),
+        ({"reward_sources": []}, "name at least one"),
+        ({"reward_sources": [{"name": "r", "kind": "reference"}]}, "reward_sources.0"),
+        ({"judges": [fn | {"name": "j", "kind": "oracle"}]}, "judges.0"),
+        ({"judges": [{"name": "j", "kind": "trained", "weight": 2}]}, "judges.0.trained.weight: unknown key"),
+        ({"tracking": {"promotion_judge": "nobody"}}, "'nobody' is not one of the judges"),
+        ({"evaluate": {"generation": {"top_k": 5}}}, "needs plain sampling"),
+    ]
+    for changes, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)) as raised:
+            load_with(**changes)
+        assert len(str(raised.value)) < 400  # the offending key and why, not the whole params file
+
+
+def test_dvc_stages_are_the_cli_stages_and_depend_on_the_code_they_run():
+    from tasks.cli import STAGES
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == STAGES
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"rlhf stage {name}"
+        code = {"params": "tasks/params.py"}.get(name, f"tasks/{name}.py")
+        assert code in stage["deps"] and "tasks/params.py" in stage["deps"], name
+    assert {"tasks/scoring.py", "recipes"} <= set(stages["evaluate"]["deps"]) & set(stages["ppo"]["deps"])
 
 
 @pytest.mark.parametrize(
@@ -72,12 +119,6 @@ def test_checkpoint_dir_changes_with_params_and_inputs(tmp_path):
     assert checkpoint_dir("ppo", {"lr": 1}, [data]) != first
 
 
-def test_distinct_n():
-    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
-    assert distinct_n(["a b c", "d e f"], 2) == 1.0
-    assert distinct_n([""], 2) == 0.0
-
-
 def test_a_run_s_params_are_validated_in_memory_and_params_yaml_comes_back_byte_for_byte(tmp_path, monkeypatch):
     from flows.pipeline import params_for_this_run, run_params_text
 
@@ -96,3 +137,12 @@ def test_a_run_s_params_are_validated_in_memory_and_params_yaml_comes_back_byte_
         raise RuntimeError("a stage failed")
     assert (tmp_path / "params.yaml").read_bytes() == original
     assert not (tmp_path / ".params.yaml.before-run").exists()  # the backup goes once the file is restored
+
+
+def test_a_broken_reward_function_fails_the_probe_naming_the_source():
+    from rlhf_lib.rewards import RewardSource, WeightedReward
+    from tasks.scoring import probe_reward
+
+    reward = WeightedReward([RewardSource("ok", lambda p, r: [1.0] * len(r)), RewardSource("short", lambda p, r: [])])
+    with pytest.raises(ConfigError, match="reward source 'short' returned 0 scores for 2 responses"):
+        probe_reward(reward, ["the movie was", "a terrible", "unused"])

@@ -1,5 +1,5 @@
-"""The champion rule: beat the champion's judge score, with KL within the budget; a registered name belongs to
-one experiment, so a smoke run can never become the real champion."""
+"""The champion rule: PPO beats SFT beyond the judge's interval, beats the champion's judge score, with KL within
+the budget; a registered name belongs to one experiment, so a smoke run can never become the real champion."""
 
 from __future__ import annotations
 
@@ -7,26 +7,31 @@ import pytest
 from mlflow import MlflowClient
 
 from rlhf_lib.config import ConfigError
-from tasks.evaluate import distinct_n, win_rate
+from rlhf_lib.evaluation import distinct_n, win_rate
 from tasks.params import TrackingConfig, load_params
 from tasks.registry import EXPERIMENT_TAG, decide_promotion, require_own_names
 from tests.pipeline.smoke_project import REPO_ROOT
 
 
 def test_first_candidate_within_budget_becomes_champion():
-    decision = decide_promotion(judge_score=0.6, kl=1.0, kl_budget=5.0, champion_judge_score=None)
+    decision = decide_promotion(judge_score=0.6, kl=1.0, kl_budget=5.0, champion_judge_score=None, ci_low=0.01)
     assert decision.promoted and "no champion yet" in decision.reason
 
 
 def test_candidate_must_beat_the_champion():
-    assert decide_promotion(0.61, 1.0, 5.0, champion_judge_score=0.60).promoted
-    kept = decide_promotion(0.60, 1.0, 5.0, champion_judge_score=0.60)
+    assert decide_promotion(0.61, 1.0, 5.0, champion_judge_score=0.60, ci_low=0.01).promoted
+    kept = decide_promotion(0.60, 1.0, 5.0, champion_judge_score=0.60, ci_low=0.01)
     assert not kept.promoted and "0.6000" in kept.reason
 
 
 def test_kl_over_budget_is_never_promoted_however_good():
-    decision = decide_promotion(0.99, kl=6.0, kl_budget=5.0, champion_judge_score=None)
+    decision = decide_promotion(0.99, kl=6.0, kl_budget=5.0, champion_judge_score=None, ci_low=0.5)
     assert not decision.promoted and "exceeds the budget" in decision.reason
+
+
+def test_a_gain_within_the_noise_is_never_promoted():
+    decision = decide_promotion(0.7, kl=1.0, kl_budget=5.0, champion_judge_score=None, ci_low=-0.02)
+    assert not decision.promoted and "not above zero" in decision.reason
 
 
 def test_win_rate_counts_ties_half_and_distinct_n_counts_unique_ngrams():

@@ -1,0 +1,98 @@
+"""The reward and the judges that params.yaml names, built into callables `f(prompts, responses) -> list[float]`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rlhf_lib.config import ConfigError, ModelConfig
+from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer
+from rlhf_lib.rewards import (
+    ClassifierScorer,
+    RewardModelScorer,
+    RewardSource,
+    RewardSourceError,
+    WeightedReward,
+    import_callable,
+)
+from tasks.params import (
+    MODELS_DIR,
+    ClassifierSource,
+    FunctionSource,
+    PipelineParams,
+    ReferenceSource,
+    TrainedSource,
+)
+
+REWARD_MODEL_DIR = MODELS_DIR / "reward"
+JUDGE_DIR = MODELS_DIR / "judge"
+Judge = Callable[[list[str], list[str], list[str] | None], list[float]]
+"""judge(prompts, responses, references) -> one score per response (references: one per prompt, or None)."""
+
+
+def build_reward(params: PipelineParams) -> WeightedReward:
+    """The weighted sum of `params.reward_sources`; the trained reward model is read from models/reward."""
+    sources = []
+    for source in params.reward_sources:
+        if isinstance(source, TrainedSource):
+            remote_code = params.reward_model.trust_remote_code
+            cfg = ModelConfig(name_or_path=str(REWARD_MODEL_DIR), trust_remote_code=remote_code)
+            function = RewardModelScorer(load_sequence_scorer(cfg), load_tokenizer(cfg, padding_side="right"))
+        else:
+            function = _scorer(source)
+        sources.append(RewardSource(source.name, function, source.weight))
+    return WeightedReward(sources)
+
+
+def probe_reward(reward: WeightedReward, prompts: list[str]) -> None:
+    """Call every source once on two prompts (each its own response), so a broken function fails before training."""
+    sample = prompts[:2]
+    try:
+        reward(sample, sample)
+    except RewardSourceError as err:
+        raise ConfigError(f"reward_sources: {err} (probed with two PPO prompts before training)") from None
+
+
+def build_judges(params: PipelineParams) -> dict[str, Judge]:
+    """Each of `params.judges` by name; the trained judge is read from models/judge (P(label 1))."""
+    judges: dict[str, Judge] = {}
+    for judge in params.judges:
+        if isinstance(judge, ReferenceSource):
+            judges[judge.name] = _reference_metric(judge)
+            continue
+        if isinstance(judge, TrainedSource):
+            cfg = ModelConfig(name_or_path=str(JUDGE_DIR))
+            scorer = ClassifierScorer(load_sequence_scorer(cfg, num_labels=2), load_tokenizer(cfg), label=1)
+        else:
+            scorer = _scorer(judge)
+        judges[judge.name] = _ignoring_references(scorer)
+    return judges
+
+
+def _scorer(source: ClassifierSource | FunctionSource) -> Callable[[list[str], list[str]], list[float]]:
+    if isinstance(source, FunctionSource):
+        return import_callable(source.function, f"{source.name}: function")
+    model = load_sequence_scorer(source.model, num_labels=None)
+    tokenizer = load_tokenizer(source.model, padding_side="right")
+    try:
+        return ClassifierScorer(model, tokenizer, source.label, source.output, source.include_prompt)
+    except RewardSourceError as err:
+        raise ConfigError(f"{source.name}: {err}") from None
+
+
+def _ignoring_references(scorer: Callable[[list[str], list[str]], list[float]]) -> Judge:
+    return lambda prompts, responses, references: scorer(prompts, responses)
+
+
+def _reference_metric(judge: ReferenceSource) -> Judge:
+    import sacrebleu
+
+    def chrf(prompts: list[str], responses: list[str], references: list[str] | None) -> list[float]:
+        if references is None:
+            raise ConfigError(
+                f"judges: {judge.name!r} compares with references, but data/prepared/eval_prompts.jsonl has no "
+                "`reference` column"
+            )
+        pairs = zip(responses, references, strict=True)
+        return [sacrebleu.sentence_chrf(response, [reference]).score for response, reference in pairs]
+
+    return chrf
