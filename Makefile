@@ -36,8 +36,11 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q --randomly-seed=$(SEED) -m "not integration"
 
+# `make demo RECIPE=custom` runs recipes/custom/params.yaml instead of the sentiment recipe.
+RECIPE ?= sentiment
+
 demo: setup
-	$(PY) -m flows.demo
+	$(PY) -m flows.demo $(RECIPE)
 
 lint: setup
 	$(VENV)/bin/ruff check rlhf_lib tasks flows tests bench

@@ -1,4 +1,4 @@
-"""`make demo`: run the whole pipeline through the Prefect flow, then print SFT vs PPO and where to look.
+"""`make demo [RECIPE=name]`: run a recipe's pipeline through the Prefect flow, then print SFT vs PPO and where to look.
 
 Without PREFECT_API_URL the flow starts Prefect's temporary local server; every stage still goes
 through `dvc repro`, so a later `dvc repro` finds the pipeline up to date.
@@ -7,7 +7,9 @@ through `dvc repro`, so a later `dvc repro` finds the pipeline up to date.
 from __future__ import annotations
 
 import os
+import sys
 import time
+from pathlib import Path
 
 from flows.pipeline import rlhf_pipeline
 from tasks.cli import OFFLINE_ENV, summary_table
@@ -18,14 +20,20 @@ DEMO_EXPERIMENT = "demo"
 def main() -> None:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    recipe = sys.argv[1] if len(sys.argv) > 1 else "sentiment"
+    profile = Path("recipes") / recipe / "params.yaml"
+    if not profile.is_file():
+        known = sorted(path.parent.name for path in Path("recipes").glob("*/params.yaml"))
+        raise SystemExit(f"error: no recipe {recipe!r} (recipes/{recipe}/params.yaml); recipes: {known}")
     started = time.perf_counter()
-    rlhf_pipeline(experiment=DEMO_EXPERIMENT)
+    experiment = DEMO_EXPERIMENT if recipe == "sentiment" else f"{DEMO_EXPERIMENT}-{recipe}"
+    rlhf_pipeline(profile=str(profile), experiment=experiment)
     print(f"\nPipeline finished in {(time.perf_counter() - started) / 60:.1f} min.\n")
     print(summary_table())
-    print(f"\nSaved as the DVC experiment '{DEMO_EXPERIMENT}': source .venv/bin/activate, then `dvc exp show`")
+    print(f"\nSaved as the DVC experiment '{experiment}': source .venv/bin/activate, then `dvc exp show`")
     print("Samples: reports/samples.json   Metrics: metrics/*.json   Curves: dvc plots show (dvc_plots/index.html)")
     print("MLflow:  mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (open :5000)")
-    print("Registry: models rlhf-policy (aliases candidate, champion) and rlhf-reward-model")
+    print("Registry: the recipe's policy and reward model names (tracking.*_model_name), aliases candidate, champion")
 
 
 if __name__ == "__main__":

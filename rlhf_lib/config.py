@@ -185,6 +185,9 @@ class PPOConfig(_Config):
     """Checkpoint every this many PPO iterations."""
     logging_steps: int = Field(1, gt=0)
     """Report metrics every this many iterations."""
+    eval_steps: int | None = Field(None, gt=0)
+    """Every this many iterations, score the trainer's held-out prompts with the reward and the judges, and measure
+    the KL there (`held_out/*` metrics); None never does. Needs `eval_prompts` on the trainer."""
     bf16: bool | None = None
     """Run forward passes under bfloat16 autocast and keep frozen weights (reference copy, LoRA base) in bf16;
     trained weights stay fp32. None: on where bf16 matmuls are fast, or as RLHF_DEFAULT_PRECISION says (bf16/fp32),
@@ -262,8 +265,9 @@ def _describe(err: ValidationError, section: str) -> str:
             lines.append(f"{key}: unknown key")
         elif problem["type"] == "missing":
             lines.append(f"{key}: required key is missing")
-        elif not problem["loc"]:  # a check across keys: its message names them; the input is the whole mapping
-            lines.append(problem["msg"].removeprefix("Value error, "))
+        elif isinstance(problem.get("input"), dict):  # a check across keys: its message names them
+            message = problem["msg"].removeprefix("Value error, ").removeprefix("invalid configuration:\n  ")
+            lines.append(f"{key}: {message}" if key and not message.startswith(f"{key}.") else message)
         else:
             lines.append(f"{key or section}: {problem['msg']} (got {problem.get('input')!r})")
     return "invalid configuration:\n  " + "\n  ".join(lines)

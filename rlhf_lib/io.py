@@ -79,3 +79,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, data: Any, sort_keys: bool = True) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
+    """One JSON object per line, written atomically; ASCII escapes keep the bytes the same in any locale."""
+    atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=True) + "\n" for record in records))

@@ -34,10 +34,13 @@ def _run_prepare(params, sink=None) -> dict[str, float]:
 
 
 def _run_validate(params, sink=None) -> dict[str, float]:
+    from rlhf_lib.models.loading import load_tokenizer, resolve_model_path
     from tasks.params import DATA_DIR, REPORTS_DIR
-    from tasks.validate import require_valid
+    from tasks.validate import PromptLimit, require_valid
 
-    report = require_valid(DATA_DIR, params.validate_data, REPORTS_DIR / "validation.json")
+    resolve_model_path(params.policy)  # converts a GGUF base once, before its tokenizer loads
+    limit = PromptLimit(load_tokenizer(params.policy), params.ppo.max_prompt_length)
+    report = require_valid(DATA_DIR, params.validate_data, REPORTS_DIR / "validation.json", limit)
     return {"validate/success": float(report.success)}
 
 

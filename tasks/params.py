@@ -49,6 +49,8 @@ class EvaluateConfig(_Section):
     promotion is estimated from these samples."""
     bootstrap_samples: int = Field(2000, ge=100)
     """Paired-bootstrap resamples behind each judge's 95% interval on the PPO - SFT difference."""
+    ppo_eval_prompts: int = Field(16, gt=0)
+    """Evaluation prompts the judges score during PPO, every `ppo.eval_steps` iterations (when that is set)."""
 
     @model_validator(mode="after")
     def _samples_give_an_unbiased_kl(self) -> EvaluateConfig:
@@ -150,8 +152,8 @@ class PipelineParams(_Section):
 
     seed: int = 0
     """Global seed; the sft, reward, judge and ppo sections take it unless they set their own."""
-    prepare: PrepareConfig = PrepareConfig()
-    """Building the datasets from labelled reviews."""
+    prepare: PrepareConfig
+    """Where the data comes from: a recipe's builder, or dataset sources in the TRL formats."""
     validate_data: ValidateConfig = Field(ValidateConfig(), alias="validate")
     """Great Expectations bounds for every dataset."""
     policy: ModelConfig

@@ -1,4 +1,4 @@
-"""PNG plots of the PPO curves (reward and KL per step), for MLflow and the README."""
+"""PNG plots of the PPO curves (reward and KL per step; reward and judges against KL on held-out prompts)."""
 
 from __future__ import annotations
 
@@ -25,4 +25,20 @@ def ppo_curves(history_csv: Path) -> Figure:
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     figure.suptitle("PPO training")
+    return figure
+
+
+def held_out_against_kl(kl: list[float], curves: dict[str, list[float]]) -> Figure:
+    """The reward and each judge on held-out prompts against KL to the reference, one point per evaluation.
+
+    As in Gao et al. (2022): reward hacking shows as the reward rising while a judge falls with growing KL. Each
+    curve is on its own axis, since reward and judges have different scales.
+    """
+    figure, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.5), constrained_layout=True, squeeze=False)
+    for axis, (name, values) in zip(axes[0], curves.items(), strict=True):
+        axis.plot(kl, values, marker="o")
+        axis.set_xlabel("KL(policy || reference), nats")
+        axis.set_ylabel(name)
+        axis.grid(alpha=0.3)
+    figure.suptitle("Held-out prompts during PPO")
     return figure

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from functools import partial
 from pathlib import Path
 
 from rlhf_lib.callbacks import MetricsSink
@@ -17,8 +18,9 @@ from rlhf_lib.io import atomic_write_text
 from rlhf_lib.models.loading import load_causal_lm, load_tokenizer, require_fits_context
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.trainer import PPOTrainer
+from rlhf_lib.rewards import RewardFunction
 from tasks.params import DATA_DIR, METRICS_DIR, MODELS_DIR, PipelineParams, checkpoint_dir, with_output_dir
-from tasks.scoring import REWARD_MODEL_DIR, build_reward, probe_reward
+from tasks.scoring import REWARD_MODEL_DIR, build_judges, build_reward, probe_reward
 
 HISTORY_COLUMNS = ["step", "objective/scores", "objective/kl", "objective/rlhf_reward", "response_length"]
 
@@ -42,6 +44,15 @@ class HistoryFile:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.path, buffer.getvalue())
+
+
+def _held_out(params: PipelineParams, tokenizer) -> tuple[list[str], dict[str, RewardFunction]]:
+    """The first evaluation prompts and every judge, for the held-out evaluation during PPO (`ppo.eval_steps`)."""
+    rows = load_rows(DataConfig(source=str(DATA_DIR / "eval_prompts.jsonl")))
+    rows = rows.select(range(min(params.evaluate.ppo_eval_prompts, len(rows))))
+    references = list(rows["reference"]) if "reference" in rows.column_names else None
+    judges = {name: partial(judge, references=references) for name, judge in build_judges(params).items()}
+    return [prompt_text(row, tokenizer) for row in rows], judges
 
 
 def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, float]:
@@ -70,7 +81,10 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
         if sink:
             sink(metrics, step)
 
-    trainer = PPOTrainer(cfg, model, tokenizer, prompts, reward, metrics_sink=log_step)
+    eval_prompts, judges = _held_out(params, tokenizer) if cfg.eval_steps else (None, None)
+    trainer = PPOTrainer(
+        cfg, model, tokenizer, prompts, reward, metrics_sink=log_step, eval_prompts=eval_prompts, judges=judges
+    )
     history = trainer.train()
     trainer.save_policy(MODELS_DIR / "ppo")
     # From the file, not `history`: a run resumed at its last step trains no step of its own.

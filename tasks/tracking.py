@@ -48,6 +48,7 @@ HEADLINE_METRICS = (
     "ppo/final_scores",
     "ppo/final_kl",
 )
+KL_KEY = "ppo/held_out/kl"
 # Stage outputs kept in git: their changes describe a run's results, not its inputs.
 OUTPUT_FOLDERS = ("metrics/", "reports/")
 
@@ -194,6 +195,7 @@ def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, flo
         history = METRICS_DIR / "ppo_history.csv"
         mlflow.log_artifact(str(history))
         mlflow.log_figure(ppo_curves(history), "ppo_curves.png")
+        _log_held_out_figure(client, mlflow.active_run().info.run_id)
     elif stage == "evaluate":
         samples = json.loads((REPORTS_DIR / "samples.json").read_text())  # columns in the file's order
         mlflow.log_table({key: [row[key] for row in samples] for key in samples[0]}, "samples.json")
@@ -209,6 +211,19 @@ def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, flo
             mlflow.set_tags(promotion)
             promoted = Metric("eval/promoted", float(decision.promoted), int(time.time() * 1000), 0)
             client.log_batch(parent, metrics=[promoted], tags=[RunTag(k, v) for k, v in promotion.items()])
+
+
+def _log_held_out_figure(client: mlflow.MlflowClient, run_id: str) -> None:
+    """Reward and judges against KL on held-out prompts (logged when ppo.eval_steps is set)."""
+    from tasks.plots import held_out_against_kl
+
+    keys = [key for key in client.get_run(run_id).data.metrics if key.startswith("ppo/held_out/") and key != KL_KEY]
+    if not keys:
+        return
+    history = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in [KL_KEY, *keys]}
+    steps = sorted(history[KL_KEY])
+    curves = {key.removeprefix("ppo/held_out/"): [history[key][step] for step in steps] for key in keys}
+    mlflow.log_figure(held_out_against_kl([history[KL_KEY][s] for s in steps], curves), "held_out_vs_kl.png")
 
 
 def resolved_params(params: PipelineParams) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Validate stage: check the prepared JSON-lines files with Great Expectations and report what failed.
 
-Each file is first read by hand, line by line, because problems below the table level (no bytes, bytes that
-are not UTF-8, lines that are not JSON objects, values of the wrong JSON type) would otherwise crash the
-reader or be silently coerced by pandas. Those become failed checks with the line numbers; the rows that
-parse cleanly then go through the file's suite (see tasks/expectations.py) in an ephemeral GX context.
+data/prepared/manifest.json (written by `prepare`) gives each file's format; a file the task does not use
+(format null) is not checked. Each file is first read by hand, line by line, because problems below the table
+level (no bytes, bytes that are not UTF-8, lines that are not JSON objects, values of the wrong JSON type) would
+otherwise crash the reader or be silently coerced by pandas. Those become failed checks with the line numbers;
+the rows that parse cleanly then go through the file's suite (see tasks/expectations.py) in an ephemeral GX
+context.
 """
 
 from __future__ import annotations
@@ -16,8 +18,22 @@ from typing import Any
 
 import pandas as pd
 
+from rlhf_lib.data.formats import prompt_text
 from rlhf_lib.io import atomic_write_json
-from tasks.expectations import FILE_SPECS, LABEL, FileSpec, ValidateConfig, build_suite, json_type_ok
+from tasks.expectations import (
+    CHAT_ROLES,
+    LABEL,
+    FileSpec,
+    ValidateConfig,
+    add_derived_columns,
+    build_suite,
+    file_spec,
+    json_type_ok,
+    key_column,
+)
+from tasks.prepare import MANIFEST
+
+PROMPT_FILES = ("ppo_prompts.jsonl", "eval_prompts.jsonl")
 
 SAMPLES = 5
 """Offending values or rows kept per failed check."""
@@ -72,6 +88,15 @@ class ValidationReport:
         return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class PromptLimit:
+    """Prompts longer than `max_tokens` under the policy's tokenizer would be cut before PPO or evaluation sees
+    them (the policy keeps the end of a long prompt), so validation refuses them."""
+
+    tokenizer: Any
+    max_tokens: int
+
+
 class DataValidationError(ValueError):
     """Prepared data failed validation; `report` holds every failed check."""
 
@@ -87,29 +112,44 @@ class DataValidationError(ValueError):
         super().__init__(f"data validation failed{where}:\n  " + "\n  ".join(problems))
 
 
-def validate_datasets(data_dir: Path, cfg: ValidateConfig) -> ValidationReport:
-    """Read every prepared file in `data_dir` and run its expectation suite; never raises on bad data."""
+def validate_datasets(data_dir: Path, cfg: ValidateConfig, prompt_limit: PromptLimit | None = None) -> ValidationReport:
+    """Read every prepared file in `data_dir` and run its expectation suite; never raises on bad data.
+
+    With `prompt_limit`, PPO and evaluation prompts must also fit its token budget.
+    """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     frames: dict[str, pd.DataFrame | None] = {}
+    specs: dict[str, FileSpec] = {}
     files: dict[str, FileReport] = {}
-    for name, spec in FILE_SPECS.items():
-        frames[name], failed = read_jsonl(Path(data_dir) / name, spec)
-        files[name] = FileReport(failed=failed)
+    manifest_path = Path(data_dir) / MANIFEST
+    if not manifest_path.is_file():
+        return ValidationReport(
+            {MANIFEST: FileReport(failed=[FailedCheck("expect_file_to_exist", None, 1, [str(manifest_path)])])}
+        )
+    for name, fmt in json.loads(manifest_path.read_text()).items():
+        if fmt is None:
+            continue  # the task does not use this file
+        frame, failed, spec = read_jsonl(Path(data_dir) / name, name, fmt)
+        frames[name] = add_derived_columns(frame, spec) if frame is not None else None
+        if frame is not None and prompt_limit is not None and name in PROMPT_FILES:
+            frames[name]["prompt.tokens"] = [_prompt_tokens(row, prompt_limit) for row in frame.to_dict("records")]
+        specs[name], files[name] = spec, FileReport(failed=failed)
 
     context = gx.get_context(mode="ephemeral")
     # Otherwise every validation draws a tqdm bar per metric into the stage's log.
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     datasource = context.data_sources.add_pandas("prepared")
-    for name, spec in FILE_SPECS.items():
+    for name, spec in specs.items():
         frame = frames[name]
         if frame is None:
             continue
         other = frames.get(spec.disjoint_from) if spec.disjoint_from else None
-        column = spec.unique[0]
+        column = key_column(spec.unique[0], spec)
         forbidden = other[column].dropna().tolist() if other is not None and column in other else []
-        suite = context.suites.add(build_suite(name, spec, cfg, forbidden))
+        max_tokens = prompt_limit.max_tokens if prompt_limit is not None and name in PROMPT_FILES else None
+        suite = context.suites.add(build_suite(name, spec, cfg, forbidden, max_tokens))
         batch = (
             datasource.add_dataframe_asset(name)
             .add_batch_definition_whole_dataframe("whole")
@@ -122,13 +162,15 @@ def validate_datasets(data_dir: Path, cfg: ValidateConfig) -> ValidationReport:
     return ValidationReport(files)
 
 
-def require_valid(data_dir: Path, cfg: ValidateConfig, report_path: Path | None = None) -> ValidationReport:
+def require_valid(
+    data_dir: Path, cfg: ValidateConfig, report_path: Path | None = None, prompt_limit: PromptLimit | None = None
+) -> ValidationReport:
     """Validate and write the report JSON; raise DataValidationError on failure.
 
     A passing report goes to `report_path`; a failing one beside it (`failed_report_path`), so the last
     good run's report, a pipeline output, is never overwritten by a failed one.
     """
-    report = validate_datasets(data_dir, cfg)
+    report = validate_datasets(data_dir, cfg, prompt_limit)
     if report_path is not None:
         failed_path = failed_report_path(report_path)
         if report.success:
@@ -141,28 +183,41 @@ def require_valid(data_dir: Path, cfg: ValidateConfig, report_path: Path | None 
     return report
 
 
+def _prompt_tokens(row: dict[str, Any], limit: PromptLimit) -> int | None:
+    """Tokens of the prompt as the policy will see it (chat prompts rendered); None when it cannot be rendered,
+    which the role checks report."""
+    try:
+        text = prompt_text(row, limit.tokenizer)
+    except Exception:  # a malformed conversation: expect_column_values_to_match_regex on its roles names it
+        return None
+    return len(limit.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def failed_report_path(report_path: Path) -> Path:
     """Where a failing validation's report goes: reports/validation.json -> reports/validation.failed.json."""
     return report_path.with_suffix(".failed.json")
 
 
-def read_jsonl(path: Path, spec: FileSpec) -> tuple[pd.DataFrame | None, list[FailedCheck]]:
-    """Parse a JSON-lines file into a frame indexed by line number, plus the checks that failed while reading.
+def read_jsonl(path: Path, name: str, fmt: str) -> tuple[pd.DataFrame | None, list[FailedCheck], FileSpec]:
+    """Parse a JSON-lines file into a frame indexed by line number, the checks that failed while reading, and the
+    file's spec (plain or chat as its first row is).
 
     Lines that are not UTF-8, not a JSON object, or hold a value of the wrong type for a spec column are
     reported and left out of the frame; the frame is None when no line parsed.
     """
     if not path.is_file():
-        return None, [FailedCheck("expect_file_to_exist", None, 1, [str(path)])]
+        return None, [FailedCheck("expect_file_to_exist", None, 1, [str(path)])], file_spec(name, fmt, {})
     raw = path.read_bytes()
     if not raw.strip():
-        return None, [FailedCheck("expect_file_to_be_non_empty", None, 1, [{"bytes": len(raw)}])]
+        return (
+            None,
+            [FailedCheck("expect_file_to_be_non_empty", None, 1, [{"bytes": len(raw)}])],
+            file_spec(name, fmt, {}),
+        )
 
-    records: list[dict[str, Any]] = []
-    line_numbers: list[int] = []
+    parsed: list[tuple[int, dict[str, Any]]] = []
     not_utf8: list[dict[str, Any]] = []
     not_json: list[dict[str, Any]] = []
-    wrong_type: dict[str, list[dict[str, Any]]] = {column: [] for column in spec.columns}
     offset = 0
     for number, line in enumerate(raw.split(b"\n"), start=1):
         start, offset = offset, offset + len(line) + 1
@@ -184,6 +239,13 @@ def read_jsonl(path: Path, spec: FileSpec) -> tuple[pd.DataFrame | None, list[Fa
                 {"line": number, "error": f"a JSON {type(record).__name__}, not an object", "text": text[:80]}
             )
             continue
+        parsed.append((number, record))
+
+    spec = file_spec(name, fmt, parsed[0][1] if parsed else {})
+    records: list[dict[str, Any]] = []
+    line_numbers: list[int] = []
+    wrong_type: dict[str, list[dict[str, Any]]] = {column: [] for column in spec.columns}
+    for number, record in parsed:
         # Nulls are left to GX's not-null expectation, which reports them with the other column checks.
         wrong = [
             c for c, role in spec.columns.items() if record.get(c) is not None and not json_type_ok(record[c], role)
@@ -201,10 +263,12 @@ def read_jsonl(path: Path, spec: FileSpec) -> tuple[pd.DataFrame | None, list[Fa
         failed.append(FailedCheck("expect_lines_to_be_json_objects", None, len(not_json), not_json[:SAMPLES]))
     for column, bad in wrong_type.items():
         if bad:
-            name = "expect_column_values_to_be_json_" + ("integer" if spec.columns[column] == LABEL else "string")
-            failed.append(FailedCheck(name, column, len(bad), bad[:SAMPLES]))
+            kind = {LABEL: "integer"}.get(
+                spec.columns[column], "messages" if spec.columns[column] in CHAT_ROLES else "string"
+            )
+            failed.append(FailedCheck(f"expect_column_values_to_be_json_{kind}", column, len(bad), bad[:SAMPLES]))
     frame = pd.DataFrame.from_records(records, index=line_numbers) if records else None
-    return frame, failed
+    return frame, failed, spec
 
 
 def _gx_failures(results: list[Any], columns: set[str]) -> list[FailedCheck]:

@@ -43,7 +43,7 @@ from rlhf_lib.ppo.rollout import (
     sample_responses,
 )
 from rlhf_lib.precision import cast_frozen_weights, use_bf16
-from rlhf_lib.rewards import RewardFunction
+from rlhf_lib.rewards import RewardFunction, checked_scores
 from rlhf_lib.sampling import Sampling
 
 CHECKPOINTS_TO_KEEP = 2
@@ -78,10 +78,16 @@ class PPOTrainer:
         reward_fn: RewardFunction,
         ref_model: PreTrainedModel | None = None,
         metrics_sink: MetricsSink | None = None,
+        eval_prompts: list[str] | None = None,
+        judges: dict[str, RewardFunction] | None = None,
     ) -> None:
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
+        if config.eval_steps and not eval_prompts:
+            raise ValueError("eval_steps is set, but the trainer has no eval_prompts to evaluate on")
         self.config = config
+        self.eval_prompts = eval_prompts or []
+        self.judges = judges or {}
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.reward_fn = reward_fn
@@ -285,6 +291,26 @@ class PPOTrainer:
         logger.warning("%s: skipped (%d skipped so far)", problem, self.skipped_batches)
         return False
 
+    @torch.no_grad()
+    def held_out_metrics(self) -> dict[str, float]:
+        """The reward, each judge and the KL to the reference on the held-out prompts.
+
+        Logged over training, these are Gao et al. (2022)'s curves: reward hacking shows as the reward rising while
+        the judges fall. The same sampling noise every time (a fixed seed) keeps the curves comparable step to step,
+        and the training's random state is left as it was, so a run trains the same with or without them.
+        """
+        device = self.accelerator.device
+        # The CPU generator is always forked; devices=[] skips the accelerator ones, which a CPU run does not have.
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else None, device_type=device.type):
+            torch.manual_seed(self.config.seed)
+            batch = self.rollout(self.eval_prompts)
+        kl = kl_per_token(batch.logprobs, batch.ref_logprobs, "k1") * batch.mask
+        metrics = {"held_out/reward": batch.scores.mean().item(), "held_out/kl": kl.sum(1).mean().item()}
+        for name, judge in self.judges.items():
+            scores = checked_scores(name, judge, self.eval_prompts, batch.responses)
+            metrics[f"held_out/judge/{name}"] = sum(scores) / len(scores)
+        return metrics
+
     # ---- loop, checkpoints, final save ---------------------------------------------------------
     def train(self, resume: bool = True) -> list[dict[str, float]]:
         """Run to `total_steps`, resuming from the newest checkpoint when `resume`.
@@ -302,6 +328,8 @@ class PPOTrainer:
             self.global_step += 1
             progress.update(1)
             if metrics is not None:  # None: a skipped batch, counted in skipped_batches
+                if self.config.eval_steps and self.global_step % self.config.eval_steps == 0:
+                    metrics |= self.held_out_metrics()
                 metrics["step"] = self.global_step
                 history.append(metrics)
                 progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")

@@ -37,7 +37,7 @@ def _target_share_reward(tokenizer, words=(" great", " good", " fun", " nice", "
     return reward
 
 
-def _trainer(model_dir, out_dir, lora=None, **overrides) -> PPOTrainer:
+def _trainer(model_dir, out_dir, lora=None, eval_prompts=None, **overrides) -> PPOTrainer:
     cfg = ModelConfig(name_or_path=model_dir, lora=lora)
     tokenizer = load_tokenizer(cfg)
     torch.manual_seed(overrides.get("seed", 0))  # the value head's init, so a test does not hang on test order
@@ -55,7 +55,9 @@ def _trainer(model_dir, out_dir, lora=None, **overrides) -> PPOTrainer:
         seed=0,
     )
     ppo = PPOConfig(**(settings | overrides))
-    return PPOTrainer(ppo, model, tokenizer, PROMPTS, _target_share_reward(tokenizer))
+    reward = _target_share_reward(tokenizer)
+    judges = {"share": reward} if eval_prompts else None
+    return PPOTrainer(ppo, model, tokenizer, PROMPTS, reward, eval_prompts=eval_prompts, judges=judges)
 
 
 @pytest.mark.parametrize("lora", [None, LoraSettings(r=8, alpha=32)], ids=["full", "lora"])
@@ -205,3 +207,19 @@ def test_weighted_reward_logs_each_source_and_trains_on_their_sum(tiny_lm_dir, t
     # The mean of a weighted sum is the weighted sum of the means.
     expected = 0.5 * metrics["reward/model"] + 2.0 * metrics["reward/share"]
     assert metrics["objective/scores"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_held_out_evaluation_reports_reward_judges_and_kl_without_changing_training(tiny_lm_dir, tmp_path):
+    plain = _trainer(tiny_lm_dir, tmp_path / "plain", total_steps=2)
+    plain_history = plain.train()
+    held_out = ["the movie was", "i loved this"]
+    evaluated = _trainer(tiny_lm_dir, tmp_path / "evaluated", total_steps=2, eval_steps=1, eval_prompts=held_out)
+    history = evaluated.train()
+    for step in history:
+        assert set(step) >= {"held_out/reward", "held_out/kl", "held_out/judge/share"}
+        assert step["held_out/judge/share"] == pytest.approx(step["held_out/reward"])  # same function, same samples
+    # Sampling for the evaluation leaves the training's random stream alone: the same updates as without it.
+    assert history[-1]["loss/policy_avg"] == pytest.approx(plain_history[-1]["loss/policy_avg"], abs=1e-6)
+    assert history[-1]["objective/scores"] == pytest.approx(plain_history[-1]["objective/scores"])
+    with pytest.raises(ValueError, match="no eval_prompts"):
+        _trainer(tiny_lm_dir, tmp_path / "none", eval_steps=1)

@@ -70,7 +70,7 @@ def kill_after_first_checkpoint(project: Path, env: dict[str, str], stage: str, 
 @pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
 def test_killed_stage_resumes_from_its_last_checkpoint(project, stage):
     project, env = project
-    for needed in {"ppo": ["sft", "reward"]}.get(stage, []):  # ppo trains on their outputs
+    for needed in {"ppo": ["sft", "reward", "judge"]}.get(stage, []):  # ppo uses their models (the judge: held out)
         if not (project / "models" / needed).is_dir():
             assert run(["rlhf", "stage", needed, "--no-tracking"], project, env).returncode == 0
     kill_after_first_checkpoint(project, env, stage, delay=random.Random(stage).uniform(0.0, 1.5))

