@@ -1,7 +1,9 @@
 """`make demo [RECIPE=name]`: run a recipe's pipeline through the Prefect flow, then print SFT vs PPO and where to look.
 
-Without PREFECT_API_URL the flow starts Prefect's temporary local server; every stage still goes
-through `dvc repro`, so a later `dvc repro` finds the pipeline up to date.
+The recipe's params file is the flow's profile, so params.yaml is left as it is (and `make demo` ignores edits to
+it: run `dvc repro` for those). Without PREFECT_API_URL the flow starts Prefect's temporary local server; every
+stage still goes through `dvc repro`, so after the sentiment recipe, whose params params.yaml starts as, a later
+`dvc repro` finds the pipeline up to date.
 """
 
 from __future__ import annotations

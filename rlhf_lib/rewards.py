@@ -16,6 +16,8 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf_lib.config import ConfigError
+
 RewardFunction = Callable[[list[str], list[str]], list[float]]
 """f(prompts, responses) -> one score per response."""
 
@@ -68,22 +70,22 @@ class WeightedReward:
 
 def checked_scores(name: str, function: RewardFunction, prompts: list[str], responses: list[str]) -> list[float]:
     """`function(prompts, responses)`, or RewardSourceError naming source `name` if it raises or returns anything but
-    one finite number per response."""
+    one finite number per response. A ConfigError (a source that finds its own setup wrong) passes through."""
     try:
         scores = function(prompts, responses)
+    except ConfigError:
+        raise
     except Exception as err:
-        raise RewardSourceError(f"reward source {name!r} raised {type(err).__name__}: {err}") from err
+        raise RewardSourceError(f"{name!r} raised {type(err).__name__}: {err}") from err
     try:
         scores = [float(score) for score in scores]
     except (TypeError, ValueError) as err:
-        raise RewardSourceError(
-            f"reward source {name!r} must return a list of numbers, got {type(scores).__name__}: {err}"
-        ) from None
+        raise RewardSourceError(f"{name!r} must return a list of numbers, got {type(scores).__name__}: {err}") from None
     if len(scores) != len(responses):
-        raise RewardSourceError(f"reward source {name!r} returned {len(scores)} scores for {len(responses)} responses")
+        raise RewardSourceError(f"{name!r} returned {len(scores)} scores for {len(responses)} responses")
     bad = [(i, score) for i, score in enumerate(scores) if not math.isfinite(score)]
     if bad:
-        raise RewardSourceError(f"reward source {name!r} returned non-finite scores, e.g. {bad[:3]}")
+        raise RewardSourceError(f"{name!r} returned non-finite scores, e.g. {bad[:3]}")
     return scores
 
 
@@ -145,7 +147,9 @@ class ClassifierScorer:
                 padding_side="right",  # sequence classifiers pool the last non-pad token
             ).to(device)
             logits = self.model(**encoded).logits.float()
-            chosen = logits.softmax(-1) if self.output == "probability" else logits
+            if self.output == "probability":  # one output: its sigmoid (a softmax over one logit is always 1)
+                logits = logits.sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)
+            chosen = logits
             scores.extend(chosen[:, self.index].tolist())
         return scores
 

@@ -139,13 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     stage.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     args = parser.parse_args(argv)
     from rlhf_lib.config import ConfigError
+    from rlhf_lib.rewards import RewardSourceError
     from tasks.errors import TrackingUnavailableError
     from tasks.validate import DataValidationError
 
     try:
         metrics = run_stage(args.name, args.params, tracking=not args.no_tracking)
         print(json.dumps(metrics, indent=2))
-    except (ConfigError, DataValidationError) as err:
+    except (ConfigError, DataValidationError, RewardSourceError) as err:  # the user's params, data or code
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
     except TrackingUnavailableError as err:

@@ -78,8 +78,10 @@ def file_spec(name: str, fmt: str, first_row: dict[str, Any]) -> FileSpec:
             return FileSpec({"prompt": CHAT_PROMPT, "completion": CHAT_REPLY}, unique=("prompt", "completion"))
         return FileSpec({"prompt": PROMPT, "completion": TEXT}, unique=("prompt", "completion"))
     if fmt == "preference":
-        answer = CHAT_REPLY if chat.get("chosen") else TEXT
-        prompt = CHAT_CONTEXT if chat.get("chosen") or chat.get("prompt") else CONTEXT
+        # A chat prompt needs chat answers and the other way round: mixing them fails the type checks.
+        conversational = chat.get("chosen") or chat.get("prompt")
+        answer = CHAT_REPLY if conversational else TEXT
+        prompt = CHAT_CONTEXT if conversational else CONTEXT
         return FileSpec(
             {"prompt": prompt, "chosen": answer, "rejected": answer},
             unique=("prompt", "chosen", "rejected"),
@@ -121,9 +123,10 @@ def add_derived_columns(frame: pd.DataFrame, spec: FileSpec) -> pd.DataFrame:
     prompt turns in front of a reply), the shortest turn and all turns' characters."""
     frame = frame.copy()
     for column, role in spec.columns.items():
-        if role not in CHAT_ROLES or column not in frame:
+        if role not in CHAT_ROLES:
             continue
-        values = frame[column]
+        # Derived even for a missing column (all null), so the column-set check names only the column itself.
+        values = frame[column] if column in frame else pd.Series([None] * len(frame), index=frame.index)
         before = frame["prompt"] if role == CHAT_REPLY and "prompt" in frame else None
         turns = [
             (list(before.loc[index]) if before is not None and isinstance(before.loc[index], list) else []) + value

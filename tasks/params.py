@@ -204,6 +204,18 @@ class PipelineParams(_Section):
                 raise ValueError(f"{what}: name at least one")
             if len(set(names)) != len(names):
                 raise ValueError(f"{what}: names must be distinct, got {names}")
+        if self.prepare.builder is None:  # with a builder, the recipe's builder knows what it writes
+            needs = {
+                "preference": ("a reward source is `trained`", self.trains_reward_model()),
+                "judge": ("a judge is `trained`", self.trains_judge()),
+                "evaluation": (
+                    "a judge compares with references, which only an evaluation source can carry",
+                    any(isinstance(judge, ReferenceSource) for judge in self.judges),
+                ),
+            }
+            for key, (reason, needed) in needs.items():
+                if needed and getattr(self.prepare, key) is None:
+                    raise ValueError(f"prepare.{key}: {reason}, so name a source for it")
         if self.tracking.promotion_judge is not None and self.tracking.promotion_judge not in self.judge_names():
             wanted = self.tracking.promotion_judge
             raise ValueError(f"tracking.promotion_judge: {wanted!r} is not one of the judges {self.judge_names()}")

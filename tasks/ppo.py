@@ -20,7 +20,7 @@ from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.trainer import PPOTrainer
 from rlhf_lib.rewards import RewardFunction
 from tasks.params import DATA_DIR, METRICS_DIR, MODELS_DIR, PipelineParams, checkpoint_dir, with_output_dir
-from tasks.scoring import REWARD_MODEL_DIR, build_judges, build_reward, probe_reward
+from tasks.scoring import REWARD_MODEL_DIR, build_judges, build_reward, probe_reward, reward_code_and_weights
 
 HISTORY_COLUMNS = ["step", "objective/scores", "objective/kl", "objective/rlhf_reward", "response_length"]
 
@@ -59,11 +59,13 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     data = DATA_DIR / "ppo_prompts.jsonl"
     sft_dir = MODELS_DIR / "sft"
     settings = {
-        "ppo": params.ppo.model_dump(exclude={"output_dir"}),
+        # eval_steps only adds measurements: changing it must not restart training.
+        "ppo": params.ppo.model_dump(exclude={"output_dir", "eval_steps"}),
         "lora": params.policy.lora,
         "reward_sources": [source.model_dump() for source in params.reward_sources],
     }
-    cfg = with_output_dir(params.ppo, checkpoint_dir("ppo", settings, [data, sft_dir, REWARD_MODEL_DIR]))
+    inputs = [data, sft_dir, REWARD_MODEL_DIR, *reward_code_and_weights(params)]
+    cfg = with_output_dir(params.ppo, checkpoint_dir("ppo", settings, inputs))
     # The SFT model (LoRA merged) is both the start and, with the new adapter off, the reference.
     policy_cfg = ModelConfig(
         name_or_path=str(sft_dir), lora=params.policy.lora, trust_remote_code=params.policy.trust_remote_code
@@ -77,7 +79,8 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     history_file = HistoryFile(METRICS_DIR / "ppo_history.csv")
 
     def log_step(metrics: dict[str, float], step: int) -> None:
-        history_file(metrics, step)
+        if step > 0:  # step 0 carries only the held-out evaluation of the starting policy
+            history_file(metrics, step)
         if sink:
             sink(metrics, step)
 

@@ -10,8 +10,9 @@ they are read from sources in the formats TRL users know and normalised:
 | ppo_prompts.jsonl, eval_prompts.jsonl | `prompt` (a string or messages; eval rows may carry a `reference`) |
 | judge_train.jsonl, judge_test.jsonl | `labelled`: `text` and a 0/1 `label` |
 
-Normalising renames mapped columns and nothing else: rows that do not fit their declared format go through as
-they are, so that `validate` names the expectation they break (manifest.json tells it each file's format).
+Normalising renames mapped columns and keeps the format's columns (dropping ids and metadata): rows that do not
+fit their declared format go through otherwise as they are, so that `validate` names the expectation they break
+(manifest.json tells it each file's format).
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ FILE_FORMATS: dict[str, tuple[str, ...]] = {
     "judge_test.jsonl": ("labelled",),
 }
 PREPARED_FILES = tuple(FILE_FORMATS)
+# The columns each format keeps; a source's other columns (ids, metadata) are dropped on the way in.
+FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "prompt_completion": ("prompt", "completion"),
+    "messages": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "prompt": ("prompt", "reference"),
+    "labelled": ("text", "label"),
+}
 # Config key -> the file its rows go to (judge rows are split into judge_train and judge_test).
 SOURCE_FILES = {
     "sft": "sft.jsonl",
@@ -64,6 +74,16 @@ class DatasetSource(BaseModel):
     """Canonical column -> the column that holds it in the source, e.g. {prompt: question, completion: answer}."""
     max_rows: int | None = Field(None, gt=0)
     """Keep at most this many rows (a seeded sample); None keeps all."""
+
+    @model_validator(mode="after")
+    def _maps_to_the_formats_columns(self) -> DatasetSource:
+        unknown = sorted(set(self.columns) - set(FORMAT_COLUMNS[self.format]))
+        if unknown:
+            wanted = FORMAT_COLUMNS[self.format]
+            raise ValueError(f"columns: {unknown} are not columns of format {self.format!r} {wanted}")
+        if len(set(self.columns.values())) != len(self.columns):
+            raise ValueError(f"columns: two canonical columns map to one source column in {self.columns}")
+        return self
 
 
 class PrepareConfig(BaseModel):
@@ -104,9 +124,10 @@ class PrepareConfig(BaseModel):
                 if spec is not None and spec.format not in FILE_FORMATS[file]:
                     raise ValueError(f"{name}.format: {spec.format!r} is not one of {list(FILE_FORMATS[file])}")
         else:
-            sources = [name for name in SOURCE_FILES if getattr(self, name)]
-            if sources:
-                raise ValueError(f"{sources}: a builder writes every file itself; remove these or the builder")
+            ignored = [name for name in SOURCE_FILES if getattr(self, name)]
+            ignored += sorted({"evaluation_count", "judge_test_fraction"} & self.model_fields_set)
+            if ignored:
+                raise ValueError(f"{ignored}: a builder writes every file itself; remove these or the builder")
             self.builder_settings()  # the builder's own keys are checked now, before any stage runs
         return self
 
@@ -136,8 +157,9 @@ def prepare_datasets(cfg: PrepareConfig, out_dir: Path) -> dict[str, int]:
 
 
 def _ingest(cfg: PrepareConfig) -> tuple[dict[str, list[dict]], dict[str, str | None]]:
-    rng = np.random.default_rng(cfg.seed)
-    read = {name: _read(getattr(cfg, name), name, rng) for name in SOURCE_FILES}
+    # A generator per purpose: sampling one source differently never reshuffles another or the eval split.
+    rngs = {name: np.random.default_rng([cfg.seed, index]) for index, name in enumerate([*SOURCE_FILES, "split"])}
+    read = {name: _read(getattr(cfg, name), name, rngs[name]) for name in SOURCE_FILES}
     prompts, eval_prompts = read["prompts"], read["evaluation"]
     if cfg.evaluation is None:
         if cfg.evaluation_count >= len(prompts):
@@ -145,11 +167,15 @@ def _ingest(cfg: PrepareConfig) -> tuple[dict[str, list[dict]], dict[str, str | 
                 f"prepare.evaluation_count: {cfg.evaluation_count} held out of {len(prompts)} prompts leaves none "
                 "for PPO"
             )
-        order = rng.permutation(len(prompts))
+        order = rngs["split"].permutation(len(prompts))
         eval_prompts = [prompts[i] for i in order[: cfg.evaluation_count]]
         prompts = [prompts[i] for i in sorted(order[cfg.evaluation_count :])]
     judge = read["judge"]
     held_out = int(round(len(judge) * cfg.judge_test_fraction))
+    if judge and not 0 < held_out < len(judge):
+        raise ConfigError(
+            f"prepare.judge_test_fraction: {cfg.judge_test_fraction} of {len(judge)} judge rows leaves an empty split"
+        )
     records = {
         "sft.jsonl": read["sft"],
         "preference.jsonl": [_with_prompt(row) for row in read["preference"]],
@@ -185,13 +211,19 @@ def _read(spec: DatasetSource | None, key: str, rng: np.random.Generator) -> lis
     if not rows:
         raise ConfigError(f"prepare.{key}.source: {spec.source} has no rows")
     found = set().union(*(row.keys() for row in rows))
+    shadowed = sorted(found & set(spec.columns) - set(spec.columns.values()))
+    if shadowed:
+        raise ConfigError(
+            f"prepare.{key}.columns: {spec.source} already has column(s) {shadowed}, which the mapping would overwrite"
+        )
     unmapped = {canonical: column for canonical, column in spec.columns.items() if column not in found}
     if unmapped:
         raise ConfigError(
             f"prepare.{key}.columns: {unmapped} name columns that {spec.source} lacks (it has {sorted(found)})"
         )
     canonical = {column: name for name, column in spec.columns.items()}
-    renamed = [{canonical.get(key, key): value for key, value in row.items()} for row in rows]
+    kept = FORMAT_COLUMNS[spec.format]
+    renamed = [{canonical.get(k, k): v for k, v in row.items() if canonical.get(k, k) in kept} for row in rows]
     order = rng.permutation(len(renamed))
     if spec.max_rows is not None:
         order = order[: spec.max_rows]
@@ -206,9 +238,12 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataSourceError(f"{path}:{number} is not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise DataSourceError(f"{path}:{number} is a JSON {type(row).__name__}, not an object with columns")
+        rows.append(row)
     return rows
 
 

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from rlhf_lib.config import ConfigError
 
 CANDIDATE, CHAMPION = "candidate", "champion"
+JUDGE_TAG = "rlhf.promotion_judge"  # on a model version: the judge whose score the version was promoted by
 EXPERIMENT_TAG = "rlhf.experiment"  # on a registered model: the one MLflow experiment whose runs may register to it
 JUDGE_METRIC, KL_METRIC, CI_LOW_METRIC = "eval/ppo_judge_score", "eval/kl_ppo_to_sft", "eval/judge_diff_ci_low"
 # Passed explicitly: MLflow's inference would add torchvision, which does not import beside CPU torch.
@@ -113,14 +114,22 @@ def decide_promotion(
     return Promotion(True, f"judge score {judge_score:.4f} ({against}), KL {kl:.3f} within {kl_budget:.3f}")
 
 
-def promote_candidate(name: str, version: str, metrics: dict[str, float], kl_budget: float) -> Promotion:
-    """Alias `version` candidate; make it champion if `decide_promotion` says so; tag the decision."""
+def promote_candidate(name: str, version: str, metrics: dict[str, float], kl_budget: float, judge: str) -> Promotion:
+    """Alias `version` candidate; make it champion if `decide_promotion` says so; tag the decision.
+
+    `judge` names the gating judge; a champion judged by another one has a score on another scale, so the
+    candidate is not compared with it and stays a candidate (promote it by hand after comparing them).
+    """
     client = MlflowClient()
     client.set_registered_model_alias(name, CANDIDATE, version)
-    champion_score = _champion_judge_score(client, name)
-    decision = decide_promotion(
-        metrics[JUDGE_METRIC], metrics[KL_METRIC], kl_budget, champion_score, metrics[CI_LOW_METRIC]
-    )
+    client.set_model_version_tag(name, version, JUDGE_TAG, judge)
+    champion_judge, champion_score = _champion_judge_score(client, name)
+    if champion_judge not in (None, judge):
+        decision = Promotion(False, f"the champion was judged by {champion_judge!r}, this candidate by {judge!r}")
+    else:
+        decision = decide_promotion(
+            metrics[JUDGE_METRIC], metrics[KL_METRIC], kl_budget, champion_score, metrics[CI_LOW_METRIC]
+        )
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "promotion", decision.reason)
@@ -129,9 +138,11 @@ def promote_candidate(name: str, version: str, metrics: dict[str, float], kl_bud
     return decision
 
 
-def _champion_judge_score(client: MlflowClient, name: str) -> float | None:
+def _champion_judge_score(client: MlflowClient, name: str) -> tuple[str | None, float | None]:
+    """(the judge that scored the champion, its score); (None, None) when there is no champion. A champion from
+    before judges were named was scored by the pipeline's one judge of then, the first judge of now."""
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:  # no champion yet
-        return None
-    return float(champion.tags[JUDGE_METRIC])
+        return None, None
+    return champion.tags.get(JUDGE_TAG), float(champion.tags[JUDGE_METRIC])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +46,23 @@ def build_reward(params: PipelineParams) -> WeightedReward:
     return WeightedReward(sources)
 
 
+def reward_code_and_weights(params: PipelineParams) -> list[Path]:
+    """The files behind the reward beyond params: each function's module and each local classifier's folder.
+
+    Part of the PPO checkpoint key, so editing a reward function starts PPO afresh instead of resuming (and,
+    at the last step, republishing) a policy trained on the old reward.
+    """
+    paths = []
+    for source in params.reward_sources:
+        if isinstance(source, FunctionSource):
+            spec = importlib.util.find_spec(source.function.partition(":")[0])
+            if spec is not None and spec.origin:
+                paths.append(Path(spec.origin))
+        elif isinstance(source, ClassifierSource) and Path(source.model.name_or_path).is_dir():
+            paths.append(Path(source.model.name_or_path))
+    return paths
+
+
 def probe_reward(reward: WeightedReward, prompts: list[str]) -> None:
     """Call every source once on two prompts (each its own response), so a broken function fails before training."""
     sample = prompts[:2]
@@ -63,7 +81,7 @@ def build_judges(params: PipelineParams) -> dict[str, Judge]:
             continue
         if isinstance(judge, TrainedSource):
             _require_trained(JUDGE_DIR, "judge", judge.name)
-            cfg = ModelConfig(name_or_path=str(JUDGE_DIR))
+            cfg = ModelConfig(name_or_path=str(JUDGE_DIR), trust_remote_code=params.judge_backbone().trust_remote_code)
             scorer = ClassifierScorer(load_sequence_scorer(cfg, num_labels=2), load_tokenizer(cfg), label=1)
         else:
             scorer = _scorer(judge)

@@ -202,7 +202,8 @@ def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, flo
         if params.tracking.log_models:
             name = params.tracking.policy_model_name
             version = registry.log_model(MODELS_DIR / "ppo", "policy", name, "text-generation")
-            decision = registry.promote_candidate(name, version, metrics, params.tracking.promotion_kl_budget)
+            budget, judge = params.tracking.promotion_kl_budget, params.promotion_judge()
+            decision = registry.promote_candidate(name, version, metrics, budget, judge)
             mlflow.log_metric("eval/promoted", float(decision.promoted))
             promotion = {
                 "rlhf.promotion": f"{name} v{version}: {decision.reason}",

@@ -27,7 +27,7 @@ def _score(prompt: str, response: str) -> float:
         return 0.0
     first, second = (NUMBERS.index(word.lower()) if word.lower() in NUMBERS else None for word in asked[-1])
     said = [word for word in re.findall(r"[a-z]+", response.lower()) if word in NUMBERS]
-    if first is None or second is None or not said:
+    if first is None or second is None or first + second >= len(NUMBERS) or not said:
         return 0.0
     # "Four plus two is six": the sum is the number word after the two operands.
     answer = said[2] if said[:2] == [NUMBERS[first], NUMBERS[second]] and len(said) > 2 else said[0]

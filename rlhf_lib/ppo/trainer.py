@@ -296,8 +296,10 @@ class PPOTrainer:
         """The reward, each judge and the KL to the reference on the held-out prompts.
 
         Logged over training, these are Gao et al. (2022)'s curves: reward hacking shows as the reward rising while
-        the judges fall. The same sampling noise every time (a fixed seed) keeps the curves comparable step to step,
-        and the training's random state is left as it was, so a run trains the same with or without them.
+        the judges fall. The reward is the one PPO optimises, missing-EOS penalty included (the `evaluate` stage's
+        proxy reward leaves the penalty out). The same sampling noise every time (a fixed seed) keeps the curves
+        comparable step to step, and the training's random state is left as it was, so a run trains the same with or
+        without them.
         """
         device = self.accelerator.device
         # The CPU generator is always forked; devices=[] skips the accelerator ones, which a CPU run does not have.
@@ -319,6 +321,9 @@ class PPOTrainer:
         """
         if resume and (checkpoints := list_checkpoints(self.output_dir / "checkpoints")):
             self.load_checkpoint(checkpoints[-1])
+        if self.config.eval_steps and self.global_step == 0 and self.metrics_sink:
+            # The curves' first point: the starting policy, at KL 0.
+            self.metrics_sink({f"ppo/{k}": v for k, v in self.held_out_metrics().items()}, 0)
         history = []
         progress = tqdm(
             total=self.config.total_steps, initial=self.global_step, desc="PPO", unit="step", dynamic_ncols=True

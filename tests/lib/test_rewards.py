@@ -72,11 +72,11 @@ def _raises(prompts, responses):
 @pytest.mark.parametrize(
     ("function", "message"),
     [
-        (_raises, "reward source 'bad' raised KeyError"),
-        (lambda p, r: [1.0], "reward source 'bad' returned 1 scores for 3 responses"),
-        (lambda p, r: [1.0, math.nan, 0.0], "reward source 'bad' returned non-finite scores, e.g. \\[\\(1, nan\\)\\]"),
-        (lambda p, r: [1.0, "high", 0.0], "reward source 'bad' must return a list of numbers"),
-        (lambda p, r: None, "reward source 'bad' must return a list of numbers"),
+        (_raises, "'bad' raised KeyError"),
+        (lambda p, r: [1.0], "'bad' returned 1 scores for 3 responses"),
+        (lambda p, r: [1.0, math.nan, 0.0], "'bad' returned non-finite scores, e.g. \\[\\(1, nan\\)\\]"),
+        (lambda p, r: [1.0, "high", 0.0], "'bad' must return a list of numbers"),
+        (lambda p, r: None, "'bad' must return a list of numbers"),
     ],
     ids=["raises", "wrong-count", "non-finite", "not-a-number", "none"],
 )
@@ -105,3 +105,11 @@ def test_import_callable_finds_functions_and_names_what_is_wrong():
     for reference, message in cases.items():
         with pytest.raises(RewardSourceError, match=message):
             import_callable(reference)
+
+
+def test_probability_of_a_one_output_classifier_is_its_sigmoid(tiny_rm_dir):
+    cfg = ModelConfig(name_or_path=tiny_rm_dir)
+    model, tokenizer = load_sequence_scorer(cfg), load_tokenizer(cfg, padding_side="right")
+    probability = ClassifierScorer(model, tokenizer, label=0, include_prompt=False)(PROMPTS, RESPONSES)
+    assert probability == pytest.approx(_logits(model, tokenizer, RESPONSES)[:, 0].sigmoid().tolist(), abs=1e-5)
+    assert len(set(probability)) == 3  # not the constant 1.0 a softmax over one logit gives

@@ -74,8 +74,9 @@ def test_mlflow_has_each_reward_source_on_its_own(reproduced):
     for source in ("reward_model", "right_sum"):
         assert len(client.get_metric_history(ppo, f"ppo/reward/{source}")) == 4
     assert "eval/judge/chrf/win_rate_ppo" in runs["evaluate"].data.metrics
-    # The smoke profile evaluates every 2 of its 4 PPO steps on held-out prompts, and plots judges against KL.
+    # The smoke profile evaluates on held-out prompts before PPO and every 2 of its 4 steps; judges against KL.
     for key in ("ppo/held_out/kl", "ppo/held_out/reward", "ppo/held_out/judge/chrf", "ppo/held_out/judge/right_sum"):
-        assert [m.step for m in client.get_metric_history(ppo, key)] == [2, 4], key
+        assert sorted(m.step for m in client.get_metric_history(ppo, key)) == [0, 2, 4], key
+    assert client.get_metric_history(ppo, "ppo/held_out/kl")[0].value == pytest.approx(0.0, abs=1e-4)
     assert "held_out_vs_kl.png" in [artifact.path for artifact in client.list_artifacts(ppo)]
     assert client.get_model_version("custom-smoke-policy", "1").tags["eval/judge_diff_ci_low"]

@@ -118,16 +118,11 @@ def _turns(*pairs: tuple[str, str]) -> list[dict]:
 
 GOOD = _turns(("user", "What is one plus one?"), ("assistant", "Two."))
 BAD_DATA = [
-    # a format that does not match its declared kind: plain texts declared as chat messages
-    ("sft", TEXTS, "messages", "expect_table_columns_to_match_set", None),
-    # mixed formats in one file: chat rows, then plain texts
-    (
-        "sft",
-        [{"messages": GOOD}] + TEXTS[:3],
-        "messages",
-        "expect_table_columns_to_match_set",
-        None,
-    ),
+    # a format that does not match its declared kind: plain texts declared as chat messages (their `text` column
+    # is dropped on the way in, so no row has `messages`)
+    ("sft", TEXTS, "messages", "expect_column_to_exist", "messages"),
+    # mixed formats in one file: chat rows, then plain texts, which have no `messages`
+    ("sft", [{"messages": GOOD}] + TEXTS[:3], "messages", "expect_column_values_to_not_be_null", "messages"),
     # malformed chat turns
     (
         "sft",
@@ -265,3 +260,20 @@ def test_prompts_longer_than_the_ppo_budget_fail_validation(tmp_path, tiny_lm_di
     for name in ("ppo_prompts.jsonl", "eval_prompts.jsonl"):
         failed = {(check.expectation, check.column) for check in report.files[name].failed}
         assert ("expect_column_values_to_be_between", "prompt.tokens") in failed
+
+
+def test_extra_columns_are_dropped_and_mappings_are_checked(tmp_path):
+    rows = [{"id": i, "question": r["question"], "answer": r["answer"], "prompt": "x"} for i, r in enumerate(QUESTIONS)]
+    source = _write(tmp_path / "qa.jsonl", rows)
+    spec = {"source": source, "format": "prompt_completion", "columns": {"prompt": "question", "completion": "answer"}}
+    with pytest.raises(ConfigError, match=r"already has column\(s\) \['prompt'\], which the mapping would overwrite"):
+        _prepare(tmp_path, sft=spec)
+    _write(tmp_path / "qa.jsonl", [{k: v for k, v in row.items() if k != "prompt"} for row in rows])
+    out_dir, report = _prepare(tmp_path, sft=spec)
+    assert report.success, report.to_markdown()
+    assert all(set(json.loads(line)) == {"prompt", "completion"} for line in (out_dir / "sft.jsonl").open())
+    with pytest.raises(ConfigError, match=r"\['promt'\] are not columns of format 'prompt_completion'"):
+        _prepare(tmp_path, sft=spec | {"columns": {"promt": "question"}})
+    (tmp_path / "array.jsonl").write_text('["not", "an", "object"]\n')
+    with pytest.raises(ConfigError, match="array.jsonl:1 is a JSON list, not an object"):
+        _prepare(tmp_path, sft={"source": str(tmp_path / "array.jsonl"), "format": "text"})

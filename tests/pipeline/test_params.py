@@ -50,6 +50,15 @@ def test_reward_sources_and_judges_are_checked_before_any_work(tmp_path):
         ({"judges": [{"name": "j", "kind": "trained", "weight": 2}]}, "judges.0.trained.weight: unknown key"),
         ({"tracking": {"promotion_judge": "nobody"}}, "'nobody' is not one of the judges"),
         ({"evaluate": {"generation": {"top_k": 5}}}, "needs plain sampling"),
+        (
+            {
+                "prepare": {
+                    "sft": {"source": "s.jsonl", "format": "text"},
+                    "prompts": {"source": "p.jsonl", "format": "prompt"},
+                }
+            },
+            "prepare.preference: a reward source is `trained`, so name a source for it",
+        ),
     ]
     for changes, message in cases:
         with pytest.raises(ConfigError, match=re.escape(message)) as raised:
@@ -144,5 +153,5 @@ def test_a_broken_reward_function_fails_the_probe_naming_the_source():
     from tasks.scoring import probe_reward
 
     reward = WeightedReward([RewardSource("ok", lambda p, r: [1.0] * len(r)), RewardSource("short", lambda p, r: [])])
-    with pytest.raises(ConfigError, match="reward source 'short' returned 0 scores for 2 responses"):
+    with pytest.raises(ConfigError, match="'short' returned 0 scores for 2 responses"):
         probe_reward(reward, ["the movie was", "a terrible", "unused"])

@@ -71,3 +71,30 @@ def test_the_smoke_profile_registers_under_names_of_its_own():
     names = {default.policy_model_name, default.reward_model_name}
     assert default.experiment != smoke.tracking.experiment
     assert names.isdisjoint({smoke.tracking.policy_model_name, smoke.tracking.reward_model_name})
+
+
+def test_a_champion_judged_by_another_judge_is_not_compared_with(tmp_path, monkeypatch):
+    import mlflow
+
+    from tasks.registry import CHAMPION, JUDGE_METRIC, JUDGE_TAG, promote_candidate
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        client = MlflowClient()
+        client.create_registered_model("policy")
+        for _ in range(3):
+            client.create_model_version("policy", "file:///nowhere")
+        metrics = {"eval/ppo_judge_score": 0.9, "eval/kl_ppo_to_sft": 1.0, "eval/judge_diff_ci_low": 0.1}
+        first = promote_candidate("policy", "1", metrics, kl_budget=5.0, judge="sentiment")
+        assert first.promoted and client.get_model_version("policy", "1").tags[JUDGE_TAG] == "sentiment"
+        # chrF (0-100) against a sentiment probability (0-1): not comparable, so the candidate stays a candidate.
+        other = promote_candidate("policy", "2", metrics | {JUDGE_METRIC: 40.0}, kl_budget=5.0, judge="chrf")
+        assert not other.promoted and "judged by 'sentiment'" in other.reason
+        same = promote_candidate("policy", "3", metrics | {JUDGE_METRIC: 0.95}, kl_budget=5.0, judge="sentiment")
+        assert same.promoted and str(client.get_model_version_by_alias("policy", CHAMPION).version) == "3"
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
