@@ -40,30 +40,34 @@ def test_win_rate_counts_ties_half_and_distinct_n_counts_unique_ngrams():
     assert distinct_n(["a"], 2) == 0.0
 
 
-def test_a_model_name_belongs_to_one_experiment(tmp_path, monkeypatch):
+@pytest.fixture
+def local_registry(tmp_path, monkeypatch):
+    """MLflow tracking and registry in a SQLite file of this test's own, reset afterwards."""
     import mlflow
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    try:
-        client = MlflowClient()
-        client.create_registered_model("rlhf-policy", tags={EXPERIMENT_TAG: "rlhf-pipeline"})
-        require_own_names(TrackingConfig(experiment="rlhf-pipeline"))  # the owner may register more versions
-        with pytest.raises(ConfigError, match="'rlhf-policy' holds models of experiment 'rlhf-pipeline'"):
-            require_own_names(TrackingConfig(experiment="rlhf-smoke"))
-        require_own_names(TrackingConfig(experiment="rlhf-smoke", log_models=False))  # registers nothing
-        # A model registered before names had owners belongs to the experiment of its first version's run.
-        experiment = client.create_experiment("rlhf-pipeline-old")
-        run = client.create_run(experiment)
-        client.create_registered_model("old-policy")
-        client.create_model_version("old-policy", "file:///nowhere", run_id=run.info.run_id)
-        with pytest.raises(ConfigError, match="'old-policy' holds models of experiment 'rlhf-pipeline-old'"):
-            require_own_names(TrackingConfig(experiment="rlhf-smoke", policy_model_name="old-policy"))
-    finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    yield MlflowClient()
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+def test_a_model_name_belongs_to_one_experiment(local_registry):
+    client = local_registry
+    client.create_registered_model("rlhf-policy", tags={EXPERIMENT_TAG: "rlhf-pipeline"})
+    require_own_names(TrackingConfig(experiment="rlhf-pipeline"))  # the owner may register more versions
+    with pytest.raises(ConfigError, match="'rlhf-policy' holds models of experiment 'rlhf-pipeline'"):
+        require_own_names(TrackingConfig(experiment="rlhf-smoke"))
+    require_own_names(TrackingConfig(experiment="rlhf-smoke", log_models=False))  # registers nothing
+    # A model registered before names had owners belongs to the experiment of its first version's run.
+    experiment = client.create_experiment("rlhf-pipeline-old")
+    run = client.create_run(experiment)
+    client.create_registered_model("old-policy")
+    client.create_model_version("old-policy", "file:///nowhere", run_id=run.info.run_id)
+    with pytest.raises(ConfigError, match="'old-policy' holds models of experiment 'rlhf-pipeline-old'"):
+        require_own_names(TrackingConfig(experiment="rlhf-smoke", policy_model_name="old-policy"))
 
 
 def test_the_smoke_profile_registers_under_names_of_its_own():
@@ -73,28 +77,18 @@ def test_the_smoke_profile_registers_under_names_of_its_own():
     assert names.isdisjoint({smoke.tracking.policy_model_name, smoke.tracking.reward_model_name})
 
 
-def test_a_champion_judged_by_another_judge_is_not_compared_with(tmp_path, monkeypatch):
-    import mlflow
-
+def test_a_champion_judged_by_another_judge_is_not_compared_with(local_registry):
     from tasks.registry import CHAMPION, JUDGE_METRIC, JUDGE_TAG, promote_candidate
 
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        client = MlflowClient()
-        client.create_registered_model("policy")
-        for _ in range(3):
-            client.create_model_version("policy", "file:///nowhere")
-        metrics = {"eval/ppo_judge_score": 0.9, "eval/kl_ppo_to_sft": 1.0, "eval/judge_diff_ci_low": 0.1}
-        first = promote_candidate("policy", "1", metrics, kl_budget=5.0, judge="sentiment")
-        assert first.promoted and client.get_model_version("policy", "1").tags[JUDGE_TAG] == "sentiment"
-        # chrF (0-100) against a sentiment probability (0-1): not comparable, so the candidate stays a candidate.
-        other = promote_candidate("policy", "2", metrics | {JUDGE_METRIC: 40.0}, kl_budget=5.0, judge="chrf")
-        assert not other.promoted and "judged by 'sentiment'" in other.reason
-        same = promote_candidate("policy", "3", metrics | {JUDGE_METRIC: 0.95}, kl_budget=5.0, judge="sentiment")
-        assert same.promoted and str(client.get_model_version_by_alias("policy", CHAMPION).version) == "3"
-    finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    client = local_registry
+    client.create_registered_model("policy")
+    for _ in range(3):
+        client.create_model_version("policy", "file:///nowhere")
+    metrics = {"eval/ppo_judge_score": 0.9, "eval/kl_ppo_to_sft": 1.0, "eval/judge_diff_ci_low": 0.1}
+    first = promote_candidate("policy", "1", metrics, kl_budget=5.0, judge="sentiment")
+    assert first.promoted and client.get_model_version("policy", "1").tags[JUDGE_TAG] == "sentiment"
+    # chrF (0-100) against a sentiment probability (0-1): not comparable, so the candidate stays a candidate.
+    other = promote_candidate("policy", "2", metrics | {JUDGE_METRIC: 40.0}, kl_budget=5.0, judge="chrf")
+    assert not other.promoted and "judged by 'sentiment'" in other.reason
+    same = promote_candidate("policy", "3", metrics | {JUDGE_METRIC: 0.95}, kl_budget=5.0, judge="sentiment")
+    assert same.promoted and str(client.get_model_version_by_alias("policy", CHAMPION).version) == "3"
