@@ -59,19 +59,44 @@ def sequence_kl(
     """
     if temperature <= 0:
         raise ValueError(f"the KL of sampled responses needs the sampling temperature (> 0), got {temperature}")
-    device = next(policy.parameters()).device
-    kls = []
+    ours = response_logprobs(policy, tokenizer, prompts, responses, temperature)
+    theirs = response_logprobs(reference, tokenizer, prompts, responses, temperature)
+    return [(a - b).sum().item() for a, b in zip(ours, theirs, strict=True)]
+
+
+@torch.inference_mode()
+def perplexity(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[torch.Tensor]
+) -> float:
+    """exp(mean negative log-likelihood per response token) of the responses under `model`, each after its prompt.
+
+    Pooled over tokens, not averaged per response, so a one-token response weighs one token; inf for no tokens.
+    """
+    logprobs = torch.cat([lp.double() for lp in response_logprobs(model, tokenizer, prompts, responses)])
+    return float(torch.exp(-logprobs.mean())) if len(logprobs) else float("inf")
+
+
+@torch.inference_mode()
+def response_logprobs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    responses: list[torch.Tensor],
+    temperature: float = 1.0,
+) -> list[torch.Tensor]:
+    """log p_T(y_t | prompt, y_<t) of each response token, one float tensor per response (empty for none).
+
+    The responses' own token ids are scored: decoding and re-encoding could change the tokens.
+    """
+    device = next(model.parameters()).device
+    scored = []
     for prompt, response in zip(prompts, responses, strict=True):
         if len(response) == 0:
-            kls.append(0.0)
+            scored.append(torch.zeros(0))
             continue
         prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
         ids = torch.cat([prompt_ids, response]).unsqueeze(0).to(device)
         width = len(response)
-        positions = predicting_positions(ids, width)
-        logp = [
-            logprobs_of_labels(m(input_ids=ids, logits_to_keep=positions).logits / temperature, ids[:, -width:])
-            for m in (policy, reference)
-        ]
-        kls.append((logp[0] - logp[1]).sum().item())
-    return kls
+        logits = model(input_ids=ids, logits_to_keep=predicting_positions(ids, width)).logits / temperature
+        scored.append(logprobs_of_labels(logits, ids[:, -width:])[0].float().cpu())
+    return scored

@@ -3,7 +3,8 @@
 Each judge in params.yaml scores both policies' responses to the same prompts: its means, the PPO win rate and
 a 95% paired-bootstrap interval on the mean difference (with 48 prompts a win rate is uncertain by about
 +-0.14, so the interval is the number to read). The proxy reward PPO optimised is reported beside them, so a gain
-on the proxy that the judges do not share shows as reward hacking.
+on the proxy that the judges do not share shows as reward hacking; so are fluency figures (response length,
+distinct-2, perplexity under the SFT model), so a gain bought with silence or gibberish shows too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from rlhf_lib.config import DataConfig, ModelConfig
 from rlhf_lib.data.formats import prompt_text
 from rlhf_lib.data.sources import load_rows
 from rlhf_lib.evaluation import distinct_n, paired_bootstrap_interval, win_rate
-from rlhf_lib.generation import generate_responses, sequence_kl
+from rlhf_lib.generation import generate_responses, perplexity, sequence_kl
 from rlhf_lib.io import atomic_write_json
 from rlhf_lib.models.loading import load_causal_lm, load_tokenizer
 from rlhf_lib.rewards import checked_scores
@@ -36,12 +37,12 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
     prompts = [prompt_text(row, tokenizer) for row in rows]
     references = list(rows["reference"]) if "reference" in rows.column_names else None
     sft_model, ppo_model = load_causal_lm(sft_cfg).eval(), load_causal_lm(ppo_cfg).eval()
-    sft_texts, _ = generate_responses(sft_model, tokenizer, prompts, cfg.generation)
+    sft_texts, sft_ids = generate_responses(sft_model, tokenizer, prompts, cfg.generation)
     ppo_texts, ppo_ids = generate_responses(ppo_model, tokenizer, prompts, cfg.generation)
     # Scored at the temperature the samples came from, so the estimate is unbiased for the KL between the two
     # policies as they sample here (EvaluateConfig keeps top-k/top-p off for this reason).
     kl = sequence_kl(ppo_model, sft_model, tokenizer, prompts, ppo_ids, cfg.generation.temperature)
-    texts = {"sft": sft_texts, "ppo": ppo_texts}
+    texts, ids = {"sft": sft_texts, "ppo": ppo_texts}, {"sft": sft_ids, "ppo": ppo_ids}
 
     reward = build_reward(params)
     proxy = {name: reward(prompts, texts[name]) for name in POLICIES}
@@ -60,6 +61,9 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
         metrics |= {f"eval/{name}_reward/{source}": mean(values) for source, values in proxy[name].components.items()}
         metrics[f"eval/{name}_response_words"] = mean(len(t.split()) for t in texts[name])
         metrics[f"eval/{name}_distinct_2"] = distinct_n(texts[name], 2)
+        # Fluency: how natural the SFT model (PPO's reference) finds each policy's responses; gibberish that a
+        # reward or judge happens to like shows as a perplexity far above the SFT policy's own.
+        metrics[f"eval/{name}_perplexity_under_sft"] = perplexity(sft_model, tokenizer, prompts, ids[name])
     for judge, per_policy in scores.items():
         metrics |= judge_metrics(f"eval/judge/{judge}", per_policy["ppo"], per_policy["sft"], cfg.bootstrap_samples)
     # The gating judge's figures under fixed names, so `dvc exp show`, the registry and dashboards need no judge name.

@@ -67,6 +67,9 @@ class EvaluateConfig(_Section):
 class TrackingConfig(_Section):
     """MLflow settings."""
 
+    recipe: str = Field("custom", pattern=r"^[A-Za-z0-9_.-]+$")
+    """The task these params are for, tagged `rlhf.recipe` on every MLflow run and registered model version, so
+    runs of one task can be compared (`tags.rlhf.recipe = 'detox'`) and never mixed with another's."""
     experiment: str = "rlhf-pipeline"
     """MLflow experiment of the pipeline runs."""
     log_models: bool = True

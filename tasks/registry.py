@@ -20,6 +20,7 @@ from rlhf_lib.config import ConfigError
 CANDIDATE, CHAMPION = "candidate", "champion"
 JUDGE_TAG = "rlhf.promotion_judge"  # on a model version: the judge whose score the version was promoted by
 EXPERIMENT_TAG = "rlhf.experiment"  # on a registered model: the one MLflow experiment whose runs may register to it
+RECIPE_TAG = "rlhf.recipe"  # on runs and model versions: the task (tracking.recipe) they belong to
 JUDGE_METRIC, KL_METRIC, CI_LOW_METRIC = "eval/ppo_judge_score", "eval/kl_ppo_to_sft", "eval/judge_diff_ci_low"
 # Passed explicitly: MLflow's inference would add torchvision, which does not import beside CPU torch.
 _SERVING_PACKAGES = ("torch", "transformers", "accelerate", "safetensors", "tokenizers")
@@ -62,8 +63,9 @@ def _owner(client: MlflowClient, name: str) -> str | None:
     return client.get_experiment(client.get_run(versions[0].run_id).info.experiment_id).name
 
 
-def log_model(model_dir: Path, artifact_name: str, registered_name: str, task: str) -> str:
-    """Log a saved transformers folder to the active run, register it, and return the new version.
+def log_model(model_dir: Path, artifact_name: str, registered_name: str, task: str, recipe: str) -> str:
+    """Log a saved transformers folder to the active run, register it (the version tagged with its recipe), and
+    return the new version.
 
     The policy is logged in bf16, what serving it needs: half the bytes of the fp32 training copy
     (SmolLM2-135M: 270 MB instead of 540 MB per registered version).
@@ -87,6 +89,7 @@ def log_model(model_dir: Path, artifact_name: str, registered_name: str, task: s
         registered_model_name=registered_name,
     )
     client = MlflowClient()
+    client.set_model_version_tag(registered_name, str(info.registered_model_version), RECIPE_TAG, recipe)
     if EXPERIMENT_TAG not in client.get_registered_model(registered_name).tags:  # the first registration owns it
         owner = client.get_experiment(mlflow.active_run().info.experiment_id).name
         client.set_registered_model_tag(registered_name, EXPERIMENT_TAG, owner)

@@ -31,6 +31,7 @@ from tasks.params import METRICS_DIR, MODELS_DIR, REPORTS_DIR, TRAINER_SECTIONS,
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PIPELINE_RUN_ENV = "RLHF_PIPELINE_RUN_ID"
 PIPELINE_TAG = "rlhf.pipeline_run"
+RECIPE_TAG = registry.RECIPE_TAG
 ROLE_TAG = "rlhf.role"
 PROBE_TIMEOUT_SECONDS = 5.0
 # The figures a pipeline run is judged by, copied onto its parent run so the runs table compares pipelines.
@@ -161,7 +162,7 @@ def stage_run(stage: str, params: PipelineParams, params_path: Path) -> Iterator
     configure(params.tracking.experiment, params.tracking.fallback_to_local)
     registry.require_own_names(params.tracking)
     key = pipeline_run_key(params_path)
-    tags = {PIPELINE_TAG: key, **lineage_tags(stage)}
+    tags = {PIPELINE_TAG: key, RECIPE_TAG: params.tracking.recipe, **lineage_tags(stage)}
     if flow_run := os.environ.get("RLHF_PREFECT_FLOW_RUN_ID"):
         tags["prefect.flow_run_id"] = flow_run
     resolved = _flatten(resolved_params(params))
@@ -188,7 +189,7 @@ def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, flo
         mlflow.log_artifact(str(REPORTS_DIR / "validation.json"))
     elif stage == "reward" and params.tracking.log_models and params.trains_reward_model():
         name = params.tracking.reward_model_name
-        registry.log_model(MODELS_DIR / "reward", "reward_model", name, "text-classification")
+        registry.log_model(MODELS_DIR / "reward", "reward_model", name, "text-classification", params.tracking.recipe)
     elif stage == "ppo":
         from tasks.plots import ppo_curves
 
@@ -201,7 +202,7 @@ def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, flo
         mlflow.log_table({key: [row[key] for row in samples] for key in samples[0]}, "samples.json")
         if params.tracking.log_models:
             name = params.tracking.policy_model_name
-            version = registry.log_model(MODELS_DIR / "ppo", "policy", name, "text-generation")
+            version = registry.log_model(MODELS_DIR / "ppo", "policy", name, "text-generation", params.tracking.recipe)
             budget, judge = params.tracking.promotion_kl_budget, params.promotion_judge()
             decision = registry.promote_candidate(name, version, metrics, budget, judge)
             mlflow.log_metric("eval/promoted", float(decision.promoted))

@@ -1,5 +1,5 @@
 """The evaluation KL of sampled responses: against log-softmax over a full forward, and, at the sampling
-temperature, against the exact KL of the tempered next-token distributions."""
+temperature, against the exact KL of the tempered next-token distributions; perplexity against the model's own loss."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from rlhf_lib.config import GenerationConfig, ModelConfig
-from rlhf_lib.generation import generate_responses, sequence_kl
+from rlhf_lib.generation import generate_responses, perplexity, sequence_kl
 from rlhf_lib.models.loading import load_causal_lm, load_tokenizer
 
 
@@ -60,3 +60,22 @@ def test_evaluation_kl_is_unbiased_at_the_sampling_temperature(tiny_lm_dir):
     # Scoring the same samples at temperature 1 (the old evaluation) misses the exact value by far more.
     at_one = np.array(sequence_kl(policy, reference, tokenizer, prompts, responses, 1.0))
     assert abs(at_one.mean() - exact) > 8 * standard_error
+
+
+def test_perplexity_pools_response_tokens_as_the_models_own_loss_does(tiny_lm_dir):
+    """exp of the token-weighted mean of transformers' language-modelling loss over each response (prompt masked)."""
+    model, _, tokenizer = _policy_and_reference(tiny_lm_dir, 0.0)
+    prompts = ["the movie was", "a terrible", "so"]
+    responses = [torch.tensor([7, 12, 30]), torch.tensor([5]), torch.tensor([], dtype=torch.long)]
+    losses, counts = [], []
+    for prompt, response in zip(prompts[:2], responses[:2], strict=True):
+        prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
+        ids = torch.cat([prompt_ids, response]).unsqueeze(0)
+        labels = ids.clone()
+        labels[0, : len(prompt_ids)] = -100
+        with torch.no_grad():
+            losses.append(model(input_ids=ids, labels=labels).loss.item())
+        counts.append(len(response))
+    expected = float(np.exp(np.average(losses, weights=counts)))
+    assert abs(perplexity(model, tokenizer, prompts, responses) - expected) < 1e-3 * expected
+    assert perplexity(model, tokenizer, prompts[2:], responses[2:]) == float("inf")

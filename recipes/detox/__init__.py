@@ -1,0 +1,1 @@
+"""Detoxification: make a policy fine-tuned on rude movie-review sentences continue them politely."""
