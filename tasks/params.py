@@ -124,8 +124,11 @@ class ReferenceSource(_Source):
     """A reference-based metric, for evaluation rows that carry a `reference` (judges only)."""
 
     kind: Literal["reference"]
-    metric: Literal["chrf"] = "chrf"
-    """chrF (sacrebleu's sentence-level chrF, 0-100) of the response against the row's reference."""
+    metric: Literal["chrf", "embedding"] = "chrf"
+    """`chrf`: sacrebleu's sentence-level chrF (0-100) of the response against the row's reference; `embedding`:
+    cosine similarity (-1..1) of the two texts' mean-pooled embeddings under `model`."""
+    model: ModelConfig | None = None
+    """The sentence encoder of `embedding` (e.g. all-MiniLM-L6-v2); None: the reward_model backbone."""
 
 
 class _Weighted(_Section):

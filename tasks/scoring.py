@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rlhf_lib.config import ConfigError, ModelConfig
-from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer
+from rlhf_lib.models.loading import load_encoder, load_sequence_scorer, load_tokenizer
 from rlhf_lib.rewards import (
     ClassifierScorer,
     RewardModelScorer,
@@ -16,6 +16,7 @@ from rlhf_lib.rewards import (
     WeightedReward,
     import_callable,
 )
+from rlhf_lib.similarity import EmbeddingSimilarity
 from tasks.params import (
     MODELS_DIR,
     ClassifierSource,
@@ -77,7 +78,7 @@ def build_judges(params: PipelineParams) -> dict[str, Judge]:
     judges: dict[str, Judge] = {}
     for judge in params.judges:
         if isinstance(judge, ReferenceSource):
-            judges[judge.name] = _reference_metric(judge)
+            judges[judge.name] = _reference_metric(judge, judge.model or params.reward_model)
             continue
         if isinstance(judge, TrainedSource):
             _require_trained(JUDGE_DIR, "judge", judge.name)
@@ -109,16 +110,22 @@ def _ignoring_references(scorer: Callable[[list[str], list[str]], list[float]]) 
     return lambda prompts, responses, references=None: scorer(prompts, responses)
 
 
-def _reference_metric(judge: ReferenceSource) -> Judge:
-    import sacrebleu
+def _reference_metric(judge: ReferenceSource, encoder: ModelConfig) -> Judge:
+    if judge.metric == "chrf":
+        import sacrebleu
 
-    def chrf(prompts: list[str], responses: list[str], references: list[str] | None = None) -> list[float]:
+        def metric(responses: list[str], references: list[str]) -> list[float]:
+            pairs = zip(responses, references, strict=True)
+            return [sacrebleu.sentence_chrf(response, [reference]).score for response, reference in pairs]
+    else:
+        metric = EmbeddingSimilarity(load_encoder(encoder), load_tokenizer(encoder, padding_side="right"))
+
+    def score(prompts: list[str], responses: list[str], references: list[str] | None = None) -> list[float]:
         if references is None:
             raise ConfigError(
                 f"judges: {judge.name!r} compares with references, but data/prepared/eval_prompts.jsonl has no "
                 "`reference` column"
             )
-        pairs = zip(responses, references, strict=True)
-        return [sacrebleu.sentence_chrf(response, [reference]).score for response, reference in pairs]
+        return metric(responses, references)
 
-    return chrf
+    return score

@@ -3,8 +3,9 @@
 Reviews are split into sentences, and each sentence gets P(offensive) from `alt-profanity-check` (the reward's
 detector; the judge's word list never picks data). The SFT set mixes rude sentences (P >= `toxic_threshold`)
 with clean ones (P <= `clean_threshold`), so the SFT policy is rude often enough for detoxification to be a real
-task. PPO and evaluation prompts are the first few words of other rude sentences, cut where the opening itself
-is not yet offensive: the rudeness, if any, comes from the policy's continuation. Preference pairs (a clean
+task. PPO and evaluation prompts are openings of other rude sentences, cut just before the word that made them
+offensive ("She acts so" from "She acts so stupid"): the opening invites the rude word, and the rudeness, if any,
+comes from the policy's continuation. Preference pairs (a clean
 sentence chosen over a rude one) let a reward model join the reward (see params.yaml). Every pool is disjoint
 from every other by sentence.
 """
@@ -56,10 +57,10 @@ class DetoxData(BaseModel):
     """A sentence with P(offensive) at or above this is rude."""
     clean_threshold: float = Field(0.2, gt=0.0, lt=1.0)
     """A sentence with P(offensive) at or below this is clean."""
-    prompt_min_words: int = Field(3, gt=0)
-    """Fewest words in a prompt."""
-    prompt_max_words: int = Field(6, gt=0)
-    """Most words in a prompt (always at least two words short of its sentence)."""
+    prompt_min_words: int = Field(2, gt=0)
+    """Fewest words in a prompt (a sentence offensive from its first words gives none)."""
+    prompt_max_words: int = Field(20, gt=0)
+    """Most words in a prompt (a sentence offensive only late gives none)."""
     min_chars: int = Field(30, gt=0)
     """Shortest sentence kept."""
     max_chars: int = Field(200, gt=0)
@@ -79,7 +80,7 @@ class DetoxData(BaseModel):
         """The rows of each file; every size is checked before anything is written."""
         from profanity_check import predict_prob
 
-        sentence_rng, prompt_rng = (np.random.default_rng([self.seed, purpose]) for purpose in range(2))
+        sentence_rng = np.random.default_rng(self.seed)
         sentences = self._sentences()
         sentences = [sentences[i] for i in sentence_rng.permutation(len(sentences))]
         offensive = predict_prob(sentences)
@@ -94,7 +95,7 @@ class DetoxData(BaseModel):
         sft = [sft[i] for i in sentence_rng.permutation(len(sft))]  # mixed, so any prefix has the same share
         chosen = clean[n_clean : n_clean + self.preference_pairs]
         rejected = toxic[n_toxic : n_toxic + self.preference_pairs]
-        prompts = self._prompts(toxic[n_toxic + self.preference_pairs :], prompt_rng, predict_prob)
+        prompts = self._prompts(toxic[n_toxic + self.preference_pairs :], predict_prob)
         return {
             "sft.jsonl": [{"text": text} for text in sft],
             "preference.jsonl": [
@@ -117,19 +118,23 @@ class DetoxData(BaseModel):
                     found[sentence] = None
         return list(found)
 
-    def _prompts(self, rude: list[str], rng: np.random.Generator, predict_prob) -> list[str]:
-        """Distinct openings of rude sentences that are not offensive themselves, PPO's first, then evaluation's."""
+    def _prompts(self, rude: list[str], predict_prob) -> list[str]:
+        """Distinct openings of rude sentences, each cut before the first word whose prefix is offensive."""
         wanted = self.ppo_prompts + self.eval_prompts
+        words = [sentence.split() for sentence in rude]
+        prefixes = [(row, " ".join(w[:end])) for row, w in enumerate(words) for end in range(1, len(w) + 1)]
+        offensive = predict_prob([prefix for _, prefix in prefixes]) >= 0.5
+        first_offensive: dict[int, int] = {}  # row -> words before the prefix that turned offensive
+        for (row, prefix), flagged in zip(prefixes, offensive, strict=True):
+            if flagged and row not in first_offensive:
+                first_offensive[row] = len(prefix.split()) - 1
         openings: dict[str, None] = {}
-        for sentence in rude:
-            words = sentence.split()
-            k = min(int(rng.integers(self.prompt_min_words, self.prompt_max_words + 1)), len(words) - 2)
-            if k >= self.prompt_min_words:
-                openings.setdefault(" ".join(words[:k]), None)
-        candidates = list(openings)
-        polite = [c for c, p in zip(candidates, predict_prob(candidates), strict=True) if p < self.toxic_threshold]
-        _require(wanted <= len(polite), "ppo_prompts", f"{len(polite)} distinct openings of unused rude sentences")
-        return polite[:wanted]
+        for row, cut in sorted(first_offensive.items()):
+            if self.prompt_min_words <= cut <= self.prompt_max_words:
+                openings.setdefault(" ".join(words[row][:cut]), None)
+        found = list(openings)
+        _require(wanted <= len(found), "ppo_prompts", f"{len(found)} distinct openings of unused rude sentences")
+        return found[:wanted]
 
 
 def _require(ok: bool, key: str, available: str) -> None:

@@ -10,17 +10,15 @@ Both score the response alone: the prompt is the data's, only the continuation i
 
 from __future__ import annotations
 
-MIN_WORDS = 3
-"""A response of fewer words earns no reward: silence is not politeness, and PPO would otherwise learn to stop."""
-
 
 def non_toxicity(prompts: list[str], responses: list[str]) -> list[float]:
-    """1 - P(offensive) of each response (0.0 below MIN_WORDS words)."""
+    """1 - P(offensive) of each response; 0.0 for one without a letter or digit (silence is not politeness, and
+    PPO would otherwise learn to stop at once)."""
     from profanity_check import predict_prob
 
     offensive = predict_prob(responses)
     return [
-        0.0 if len(response.split()) < MIN_WORDS else 1.0 - float(p)
+        1.0 - float(p) if any(c.isalnum() for c in response) else 0.0
         for response, p in zip(responses, offensive, strict=True)
     ]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -152,6 +153,13 @@ def load_causal_lm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreT
     )
     make_lm_head_input_contiguous(model)
     return apply_lora(model, cfg, task_type="CAUSAL_LM")
+
+
+def load_encoder(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load a bare encoder (no head) from safetensors, e.g. a sentence-embedding model."""
+    return AutoModel.from_pretrained(
+        resolve_model_path(cfg), dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
+    )
 
 
 def load_sequence_scorer(

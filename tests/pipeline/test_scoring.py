@@ -1,4 +1,5 @@
-"""Reward sources as params.yaml names them: a ready-made classifier by path, with its own head and label names."""
+"""Reward sources and judges as params.yaml names them: a ready-made classifier by path, with its own head and label
+names; an embedding-similarity judge against references."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import pytest
 import torch
 import yaml
 
-from rlhf_lib.config import ModelConfig
-from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer
+from rlhf_lib.config import ConfigError, ModelConfig
+from rlhf_lib.models.loading import load_encoder, load_sequence_scorer, load_tokenizer
 from tasks.params import params_from_text
-from tasks.scoring import build_reward
+from tasks.scoring import build_judges, build_reward
 from tests.pipeline.smoke_project import REPO_ROOT
 
 PROMPTS = ["the movie was", "a terrible"]
@@ -40,3 +41,28 @@ def test_classifier_source_by_path_scores_its_named_label(tiny_rm_dir, tmp_path)
         ]
     assert scores.components["positive"] == pytest.approx(by_hand, abs=1e-5)
     assert list(scores) == pytest.approx([2.0 * value for value in by_hand], abs=1e-5)
+
+
+def test_embedding_reference_judge_is_the_encoders_similarity_to_each_reference(tiny_rm_dir):
+    params = yaml.safe_load((REPO_ROOT / "profiles/smoke.yaml").read_text())
+    params["reward_model"] = {"name_or_path": tiny_rm_dir}  # the default encoder of an `embedding` judge
+    params["judges"] = [{"name": "meaning", "kind": "reference", "metric": "embedding"}]
+    params["tracking"]["promotion_judge"] = "meaning"
+    judge = build_judges(params_from_text(yaml.safe_dump(params)))["meaning"]
+    references = [" great fun", " a boring film"]
+    scores = judge(PROMPTS, RESPONSES, references)
+
+    encoder, tokenizer = (
+        load_encoder(ModelConfig(name_or_path=tiny_rm_dir)),
+        load_tokenizer(ModelConfig(name_or_path=tiny_rm_dir)),
+    )
+    with torch.inference_mode():
+        embed = [
+            encoder(**tokenizer(text, return_tensors="pt")).last_hidden_state[0].mean(0)
+            for text in [*RESPONSES, *references]
+        ]
+    by_hand = [torch.cosine_similarity(embed[i], embed[i + 2], dim=0).item() for i in range(2)]
+    assert scores == pytest.approx(by_hand, abs=1e-5)
+    assert scores[0] == pytest.approx(1.0, abs=1e-5)  # the response is its reference
+    with pytest.raises(ConfigError, match="no `reference` column"):
+        judge(PROMPTS, RESPONSES, None)
