@@ -32,6 +32,7 @@ FORMATS = {
 }
 _BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+TURNS_OFFENSIVE = 0.5  # a prefix more likely offensive than not ends the opening a prompt is cut from
 
 
 class DetoxData(BaseModel):
@@ -89,8 +90,9 @@ class DetoxData(BaseModel):
 
         n_toxic = round(self.sft_examples * self.toxic_share)
         n_clean = self.sft_examples - n_toxic
-        _require(n_toxic + self.preference_pairs <= len(toxic), "sft_examples", f"{len(toxic)} rude sentences")
-        _require(n_clean + self.preference_pairs <= len(clean), "sft_examples", f"{len(clean)} clean sentences")
+        wants = "sft_examples and preference_pairs"
+        _require(n_toxic + self.preference_pairs <= len(toxic), wants, f"{len(toxic)} rude sentences")
+        _require(n_clean + self.preference_pairs <= len(clean), wants, f"{len(clean)} clean sentences")
         sft = toxic[:n_toxic] + clean[:n_clean]
         sft = [sft[i] for i in sentence_rng.permutation(len(sft))]  # mixed, so any prefix has the same share
         chosen = clean[n_clean : n_clean + self.preference_pairs]
@@ -123,7 +125,7 @@ class DetoxData(BaseModel):
         wanted = self.ppo_prompts + self.eval_prompts
         words = [sentence.split() for sentence in rude]
         prefixes = [(row, " ".join(w[:end])) for row, w in enumerate(words) for end in range(1, len(w) + 1)]
-        offensive = predict_prob([prefix for _, prefix in prefixes]) >= 0.5
+        offensive = predict_prob([prefix for _, prefix in prefixes]) >= TURNS_OFFENSIVE
         first_offensive: dict[int, int] = {}  # row -> words before the prefix that turned offensive
         for (row, prefix), flagged in zip(prefixes, offensive, strict=True):
             if flagged and row not in first_offensive:
@@ -133,10 +135,12 @@ class DetoxData(BaseModel):
             if self.prompt_min_words <= cut <= self.prompt_max_words:
                 openings.setdefault(" ".join(words[row][:cut]), None)
         found = list(openings)
-        _require(wanted <= len(found), "ppo_prompts", f"{len(found)} distinct openings of unused rude sentences")
+        _require(
+            wanted <= len(found), "ppo_prompts and eval_prompts", f"{len(found)} openings of unused rude sentences"
+        )
         return found[:wanted]
 
 
 def _require(ok: bool, key: str, available: str) -> None:
     if not ok:
-        raise ConfigError(f"prepare.{key}: more rows requested than the source gives: only {available}")
+        raise ConfigError(f"prepare: {key} ask for more rows than the source gives: only {available}")

@@ -59,10 +59,10 @@ def test_recipe_runs_end_to_end_and_tags_its_runs(recipe, tmp_path):
         trained = {json.dumps(row["messages"][:1]) for row in _lines(prepared / "sft.jsonl")}
         trained |= {json.dumps(row["prompt"]) for row in _lines(prepared / "preference.jsonl")}
         assert not held_out & trained and all(row["reference"] for row in eval_rows)
-    else:  # openings of rude sentences that are not offensive themselves
+    else:  # openings of rude sentences, cut before they turn offensive
         from profanity_check import predict_prob
 
-        assert max(predict_prob([row["prompt"] for row in eval_rows + ppo_prompts])) < 0.8
+        assert max(predict_prob([row["prompt"] for row in eval_rows + ppo_prompts])) < 0.5
 
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     for judge in JUDGES[recipe]:
