@@ -13,20 +13,34 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from flows.pipeline import rlhf_pipeline
 from tasks.cli import OFFLINE_ENV, summary_table
 
 DEMO_EXPERIMENT = "demo"
 
 
+def recipe_profile(recipe: str, recipes: Path = Path("recipes")) -> Path:
+    """recipes/<recipe>/params.yaml, refused (SystemExit naming the fix) when missing or tagged as another recipe."""
+    profile = recipes / recipe / "params.yaml"
+    if not profile.is_file():
+        known = sorted(path.parent.name for path in recipes.glob("*/params.yaml"))
+        raise SystemExit(f"error: no recipe {recipe!r} ({profile}); recipes: {known}")
+    # A copied recipe that keeps its original's tag would file its runs under the other task in MLflow.
+    tagged = (yaml.safe_load(profile.read_text()) or {}).get("tracking", {}).get("recipe")
+    if tagged != recipe:
+        raise SystemExit(
+            f"error: {profile}: set tracking.recipe to {recipe!r} (it is {tagged!r}), so MLflow files its runs under it"
+        )
+    return profile
+
+
 def main() -> None:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     recipe = sys.argv[1] if len(sys.argv) > 1 else "sentiment"
-    profile = Path("recipes") / recipe / "params.yaml"
-    if not profile.is_file():
-        known = sorted(path.parent.name for path in Path("recipes").glob("*/params.yaml"))
-        raise SystemExit(f"error: no recipe {recipe!r} (recipes/{recipe}/params.yaml); recipes: {known}")
+    profile = recipe_profile(recipe)
     started = time.perf_counter()
     experiment = DEMO_EXPERIMENT if recipe == "sentiment" else f"{DEMO_EXPERIMENT}-{recipe}"
     rlhf_pipeline(profile=str(profile), experiment=experiment)

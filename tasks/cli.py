@@ -107,8 +107,6 @@ def summary_table(metrics_dir: Path = Path("metrics")) -> str:
             f"| [{figures['diff_ci_low']:+.3f}, {figures['diff_ci_high']:+.3f}] |"
         )
     for label, key in SUMMARY_ROWS:
-        if f"eval/sft_{key}" not in evaluation:  # an evaluation from before the figure existed
-            continue
         lines.append(f"| {label} | {evaluation[f'eval/sft_{key}']:.3f} | {evaluation[f'eval/ppo_{key}']:.3f} | | |")
     lines.append(f"| KL(PPO \\|\\| SFT) per response (nats) | | {evaluation['eval/kl_ppo_to_sft']:.3f} | | |")
     for stage, key, label in HELD_OUT_ACCURACIES:

@@ -130,6 +130,12 @@ class ReferenceSource(_Source):
     model: ModelConfig | None = None
     """The sentence encoder of `embedding` (e.g. all-MiniLM-L6-v2); None: the reward_model backbone."""
 
+    @model_validator(mode="after")
+    def _model_only_for_embedding(self) -> ReferenceSource:
+        if self.model is not None and self.metric != "embedding":
+            raise ValueError(f"`model` is the encoder of metric `embedding`; metric {self.metric!r} uses none")
+        return self
+
 
 class _Weighted(_Section):
     weight: float = 1.0

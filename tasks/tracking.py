@@ -31,7 +31,6 @@ from tasks.params import METRICS_DIR, MODELS_DIR, REPORTS_DIR, TRAINER_SECTIONS,
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PIPELINE_RUN_ENV = "RLHF_PIPELINE_RUN_ID"
 PIPELINE_TAG = "rlhf.pipeline_run"
-RECIPE_TAG = registry.RECIPE_TAG
 ROLE_TAG = "rlhf.role"
 PROBE_TIMEOUT_SECONDS = 5.0
 # The figures a pipeline run is judged by, copied onto its parent run so the runs table compares pipelines.
@@ -162,7 +161,7 @@ def stage_run(stage: str, params: PipelineParams, params_path: Path) -> Iterator
     configure(params.tracking.experiment, params.tracking.fallback_to_local)
     registry.require_own_names(params.tracking)
     key = pipeline_run_key(params_path)
-    tags = {PIPELINE_TAG: key, RECIPE_TAG: params.tracking.recipe, **lineage_tags(stage)}
+    tags = {PIPELINE_TAG: key, registry.RECIPE_TAG: params.tracking.recipe, **lineage_tags(stage)}
     if flow_run := os.environ.get("RLHF_PREFECT_FLOW_RUN_ID"):
         tags["prefect.flow_run_id"] = flow_run
     resolved = _flatten(resolved_params(params))

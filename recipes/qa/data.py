@@ -1,7 +1,8 @@
 """The qa recipe's data builder: chatterbot-corpus question -> answer pairs as chat data, split by question.
 
-Every consecutive pair of turns in the corpus's English conversations is a (question, answer) pair; a question
-asked twice keeps its first answer, compared case-blind. Questions are shuffled once with the seed and cut into
+Each conversation in the corpus's English files opens with a question and its answer (later turns are either a
+dialogue going on or alternative answers, and the files do not say which, so they are left out); a question asked
+twice keeps its first answer, compared case-blind. Questions are shuffled once with the seed and cut into
 disjoint pools: held-out evaluation questions (with their answer as `reference`), PPO prompts, and the training
 questions (SFT `messages`, and conversational preference pairs). A pair's rejected answer is the answer to
 another training question: the typical failure of a small model on a question it has not seen is a fluent answer
@@ -43,8 +44,8 @@ class QAData(BaseModel):
     ppo_prompts: int = Field(256, gt=0)
     """Questions for PPO rollouts (disjoint from the held-out and training questions)."""
     preference_pairs: int = Field(1200, gt=0)
-    """(own answer, another question's answer) pairs, drawn from the training questions (each used about
-    preference_pairs / training questions times, against different wrong answers)."""
+    """Distinct (own answer, another question's answer) pairs, drawn from the training questions (each question
+    about preference_pairs / training questions times, against different wrong answers)."""
     max_answer_words: int = Field(40, gt=0)
     """Pairs whose answer is longer are dropped (the corpus has a few paragraphs among one-liners)."""
 
@@ -66,17 +67,9 @@ class QAData(BaseModel):
                 f"fewer than two of the corpus's {len(pairs)} distinct questions for training"
             )
         evaluation, ppo, train = pairs[: self.eval_prompts], pairs[self.eval_prompts : held_out], pairs[held_out:]
-        questions = pair_rng.integers(0, len(train), self.preference_pairs)
-        # Another question's answer: shift by 1..n-1, so never the question's own, and never a duplicate answer.
-        others = (questions + pair_rng.integers(1, len(train), self.preference_pairs)) % len(train)
         preference = [
-            {
-                "prompt": _user(train[q][0]),
-                "chosen": _assistant(train[q][1]),
-                "rejected": _assistant(train[o][1]),
-            }
-            for q, o in zip(questions, others, strict=True)
-            if train[q][1] != train[o][1]
+            {"prompt": _user(train[q][0]), "chosen": _assistant(train[q][1]), "rejected": _assistant(train[o][1])}
+            for q, o in self._mismatches(train, pair_rng)
         ]
         return {
             "sft.jsonl": [{"messages": _user(q) + _assistant(a)} for q, a in train],
@@ -86,6 +79,24 @@ class QAData(BaseModel):
             "judge_train.jsonl": [],
             "judge_test.jsonl": [],
         }
+
+    def _mismatches(self, train: list[tuple[str, str]], rng: np.random.Generator) -> list[tuple[int, int]]:
+        """`preference_pairs` distinct (question, other question) index pairs whose answers differ."""
+        answers = {answer for _, answer in train}
+        possible = len(train) * (len(answers) - 1)  # at most: each question against every other answer
+        if self.preference_pairs > possible:
+            raise ConfigError(
+                f"prepare.preference_pairs: {self.preference_pairs} requested, but {len(train)} training questions "
+                f"with {len(answers)} distinct answers give at most {possible}"
+            )
+        drawn: list[tuple[int, int]] = []
+        met: set[tuple[int, str]] = set()  # (question, wrong answer): a question never meets one answer twice
+        while len(drawn) < self.preference_pairs:
+            question, other = (int(i) for i in rng.integers(0, len(train), 2))
+            if train[question][1] != train[other][1] and (question, train[other][1]) not in met:
+                met.add((question, train[other][1]))
+                drawn.append((question, other))
+        return drawn
 
     def _pairs(self) -> list[tuple[str, str]]:
         """Distinct (question, answer) pairs in file order."""
@@ -100,10 +111,9 @@ class QAData(BaseModel):
         answers: dict[str, tuple[str, str]] = {}
         for path in files:
             for turns in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("conversations") or []:
-                turns = [" ".join(str(turn).split()) for turn in turns]
-                for question, answer in zip(turns[:-1], turns[1:], strict=True):
-                    if question and answer and len(answer.split()) <= self.max_answer_words:
-                        answers.setdefault(question.lower(), (question, answer))
+                question, answer = ([" ".join(str(turn).split()) for turn in turns] + ["", ""])[:2]
+                if question and answer and len(answer.split()) <= self.max_answer_words:
+                    answers.setdefault(question.lower(), (question, answer))
         return list(answers.values())
 
 

@@ -11,6 +11,8 @@ from recipes.detox.data import DetoxData
 from recipes.qa.data import QAData
 from rlhf_lib.config import ConfigError
 
+pytestmark = pytest.mark.integration  # reads and scores the whole shipped corpora
+
 
 @pytest.fixture(scope="module")
 def qa_rows():
@@ -21,12 +23,13 @@ def test_qa_questions_are_distinct_and_every_pool_is_disjoint(qa_rows):
     asked = lambda rows, key: [json.dumps(row[key][0]["content"].lower()) for row in rows]  # noqa: E731
     sft, ppo = asked(qa_rows["sft.jsonl"], "messages"), asked(qa_rows["ppo_prompts.jsonl"], "prompt")
     held_out = asked(qa_rows["eval_prompts.jsonl"], "prompt")
-    assert len(held_out) == 64 and len(ppo) == 128 and len(sft) > 500
+    assert len(held_out) == 64 and len(ppo) == 128 and len(sft) > 400
     everything = sft + ppo + held_out
     assert len(set(everything)) == len(everything)  # the corpus asks some questions more than once
     assert set(asked(qa_rows["preference.jsonl"], "prompt")) <= set(sft)
     for pair in qa_rows["preference.jsonl"]:
         assert pair["chosen"][0]["content"] != pair["rejected"][0]["content"]
+    assert len({json.dumps(pair) for pair in qa_rows["preference.jsonl"]}) == 300  # validate refuses duplicates
     answers = {row["messages"][0]["content"]: row["messages"][1]["content"] for row in qa_rows["sft.jsonl"]}
     assert all(
         answers[pair["prompt"][0]["content"]] == pair["chosen"][0]["content"] for pair in qa_rows["preference.jsonl"]
@@ -48,6 +51,7 @@ def test_detox_prompts_stop_just_before_the_sentence_turns_offensive():
     ("builder", "message"),
     [
         (QAData(ppo_prompts=5000), "fewer than two of the corpus's"),
+        (QAData(eval_prompts=300, ppo_prompts=420, preference_pairs=100), "give at most"),
         (DetoxData(sft_examples=10**6), "sft_examples and preference_pairs ask for more rows"),
         (DetoxData(ppo_prompts=10**5), "ppo_prompts and eval_prompts ask for more rows"),
     ],
