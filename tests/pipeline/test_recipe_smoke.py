@@ -14,8 +14,8 @@ from tests.pipeline.smoke_project import copy_project, project_env, run, stages_
 
 pytestmark = pytest.mark.integration
 SMOKE_SECTIONS = ("policy", "reward_model", "sft", "reward", "ppo", "evaluate")
-SMALL_DATA = {
-    "detox": {"sft_examples": 40, "preference_pairs": 20, "ppo_prompts": 16, "eval_prompts": 8},
+SMALL_DATA = {  # detox prompts short enough for the tiny tokenizer, which spends a token on every few characters
+    "detox": {"sft_examples": 40, "preference_pairs": 20, "ppo_prompts": 16, "eval_prompts": 8, "prompt_max_words": 8},
     "qa": {"preference_pairs": 40, "ppo_prompts": 16, "eval_prompts": 8},
 }
 JUDGES = {"detox": ["not_profane"], "qa": ["answer_similarity", "chrf"]}
@@ -27,6 +27,7 @@ def _reproduce(recipe: str, tmp_path) -> tuple:
     smoke = yaml.safe_load((project / "profiles/smoke.yaml").read_text())
     params |= {section: smoke[section] for section in SMOKE_SECTIONS}
     params["prepare"] |= SMALL_DATA[recipe]
+    params["ppo"]["max_prompt_length"] = 128  # qa's chat prompts, in the tiny tokenizer's many tokens
     params["tracking"] |= {"experiment": f"{recipe}-smoke", "promotion_kl_budget": 50.0}
     params["tracking"] |= {"policy_model_name": f"{recipe}-smoke-policy", "reward_model_name": f"{recipe}-smoke-rm"}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
