@@ -43,8 +43,8 @@ demo: setup
 	$(PY) -m flows.demo $(RECIPE)
 
 lint: setup
-	$(VENV)/bin/ruff check rlhf_lib tasks flows tests bench
-	$(VENV)/bin/ruff format --check rlhf_lib tasks flows tests bench
+	$(VENV)/bin/ruff check rlhf_lib recipes tasks flows tests bench
+	$(VENV)/bin/ruff format --check rlhf_lib recipes tasks flows tests bench
 
 bench: setup
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
