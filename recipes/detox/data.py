@@ -135,14 +135,14 @@ class DetoxData(BaseModel):
         """Distinct openings of rude sentences, each cut before the first word whose prefix is offensive."""
         wanted = self.ppo_prompts + self.eval_prompts
         words = [sentence.split() for sentence in rude]
-        prefixes = [(row, " ".join(w[:end])) for row, w in enumerate(words) for end in range(1, len(w) + 1)]
-        offensive = predict_prob([prefix for _, prefix in prefixes]) >= TURNS_OFFENSIVE
-        first_offensive: dict[int, int] = {}  # row -> words before the prefix that turned offensive
-        for (row, prefix), flagged in zip(prefixes, offensive, strict=True):
-            if flagged and row not in first_offensive:
-                first_offensive[row] = len(prefix.split()) - 1
+        prefixes = [(row, end) for row, w in enumerate(words) for end in range(1, len(w) + 1)]
+        offensive = predict_prob([" ".join(words[row][:end]) for row, end in prefixes]) >= TURNS_OFFENSIVE
+        cuts: dict[int, int] = {}  # row -> words before its first offensive prefix, rows in order
+        for (row, end), flagged in zip(prefixes, offensive, strict=True):
+            if flagged:
+                cuts.setdefault(row, end - 1)
         openings: dict[str, None] = {}
-        for row, cut in sorted(first_offensive.items()):
+        for row, cut in cuts.items():
             if self.prompt_min_words <= cut <= self.prompt_max_words:
                 openings.setdefault(" ".join(words[row][:cut]), None)
         found = list(openings)

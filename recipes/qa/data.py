@@ -111,7 +111,9 @@ class QAData(BaseModel):
         answers: dict[str, tuple[str, str]] = {}
         for path in files:
             for turns in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("conversations") or []:
-                question, answer = ([" ".join(str(turn).split()) for turn in turns] + ["", ""])[:2]
+                if len(turns) < 2:
+                    continue
+                question, answer = (" ".join(str(turn).split()) for turn in turns[:2])
                 if question and answer and len(answer.split()) <= self.max_answer_words:
                     answers.setdefault(question.lower(), (question, answer))
         return list(answers.values())
