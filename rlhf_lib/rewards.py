@@ -111,7 +111,11 @@ def import_callable(reference: str, what: str = "function") -> Callable[..., Any
 class ClassifierScorer:
     """A RewardFunction from any sequence classifier: one label's probability or logit for prompt + response.
 
-    `label` is an index or a name from the model's `id2label` (e.g. "POSITIVE", "toxic").
+    `label` is an index or a name from the model's `id2label` (e.g. "POSITIVE", "toxic"). With `baseline_response`
+    (e.g. "" for saying nothing), each score is relative: the model's score of the response minus its score of the
+    baseline response to the same prompt. That is a per-prompt baseline, so it leaves the policy gradient unbiased,
+    and it removes the prompt's own share of the score; a reward model that scores a question in part for the
+    question itself otherwise buries the response's share under prompt-to-prompt noise.
     """
 
     def __init__(
@@ -123,7 +127,10 @@ class ClassifierScorer:
         include_prompt: bool = True,
         batch_size: int = 32,
         max_length: int = 512,
+        baseline_response: str | None = None,
     ) -> None:
+        if baseline_response is not None and not include_prompt:
+            raise RewardSourceError("a baseline response is scored against each prompt, so it needs include_prompt")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.index = label_index(model, label)
@@ -131,11 +138,21 @@ class ClassifierScorer:
         self.include_prompt = include_prompt
         self.batch_size = batch_size
         self.max_length = max_length
+        self.baseline_response = baseline_response
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        texts = [p + r for p, r in zip(prompts, responses, strict=True)] if self.include_prompt else list(responses)
+        scores = self.score_texts(texts)
+        if self.baseline_response is None:
+            return scores
+        distinct = list(dict.fromkeys(prompts))  # a batch may repeat a prompt; score its baseline once
+        baseline = dict(zip(distinct, self.score_texts([p + self.baseline_response for p in distinct]), strict=True))
+        return [score - baseline[prompt] for score, prompt in zip(scores, prompts, strict=True)]
 
     @torch.inference_mode()
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+    def score_texts(self, texts: list[str]) -> list[float]:
+        """The chosen label's probability or logit for each full text."""
         device = next(self.model.parameters()).device
-        texts = [p + r for p, r in zip(prompts, responses, strict=True)] if self.include_prompt else list(responses)
         scores: list[float] = []
         for start in range(0, len(texts), self.batch_size):
             encoded = self.tokenizer(
@@ -158,9 +175,22 @@ class RewardModelScorer(ClassifierScorer):
     """A one-output reward model (any backbone and tokenizer): its logit for prompt + response."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32, max_length: int = 512
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 32,
+        max_length: int = 512,
+        baseline_response: str | None = None,
     ) -> None:
-        super().__init__(model, tokenizer, label=0, output="logit", batch_size=batch_size, max_length=max_length)
+        super().__init__(
+            model,
+            tokenizer,
+            label=0,
+            output="logit",
+            batch_size=batch_size,
+            max_length=max_length,
+            baseline_response=baseline_response,
+        )
 
 
 def label_index(model: PreTrainedModel, label: int | str) -> int:

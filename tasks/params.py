@@ -142,11 +142,18 @@ class _Weighted(_Section):
     """Weight of this source in the reward sum."""
 
 
-class TrainedReward(TrainedSource, _Weighted):
+class _Baselined(_Section):
+    baseline_response: str | None = None
+    """Score each response relative to this fixed response to the same prompt (e.g. "" for saying nothing): a
+    per-prompt baseline that leaves the gradient unbiased and removes the prompt's own share of the score, which
+    can dwarf the response's (a question/answer reward model); None scores responses as they are."""
+
+
+class TrainedReward(TrainedSource, _Weighted, _Baselined):
     """The reward model the `reward` stage trains on data/prepared/preference.jsonl (its logit)."""
 
 
-class ClassifierReward(ClassifierSource, _Weighted):
+class ClassifierReward(ClassifierSource, _Weighted, _Baselined):
     """A sequence classifier's label probability or logit, weighted."""
 
 

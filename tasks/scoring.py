@@ -40,7 +40,11 @@ def build_reward(params: PipelineParams) -> WeightedReward:
             _require_trained(REWARD_MODEL_DIR, "reward", source.name)
             remote_code = params.reward_model.trust_remote_code
             cfg = ModelConfig(name_or_path=str(REWARD_MODEL_DIR), trust_remote_code=remote_code)
-            function = RewardModelScorer(load_sequence_scorer(cfg), load_tokenizer(cfg, padding_side="right"))
+            function = RewardModelScorer(
+                load_sequence_scorer(cfg),
+                load_tokenizer(cfg, padding_side="right"),
+                baseline_response=source.baseline_response,
+            )
         else:
             function = _scorer(source)
         sources.append(RewardSource(source.name, function, source.weight))
@@ -100,8 +104,11 @@ def _scorer(source: ClassifierSource | FunctionSource) -> Callable[[list[str], l
         return import_callable(source.function, f"{source.name}: function")
     model = load_sequence_scorer(source.model, num_labels=None)
     tokenizer = load_tokenizer(source.model, padding_side="right")
+    baseline = getattr(source, "baseline_response", None)  # reward sources have one; judges score absolutely
     try:
-        return ClassifierScorer(model, tokenizer, source.label, source.output, source.include_prompt)
+        return ClassifierScorer(
+            model, tokenizer, source.label, source.output, source.include_prompt, baseline_response=baseline
+        )
     except RewardSourceError as err:
         raise ConfigError(f"{source.name}: {err}") from None
 

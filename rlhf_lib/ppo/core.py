@@ -1,7 +1,8 @@
 """PPO numerics as plain functions: tensors in, tensors out, each testable against a hand computation.
 
-Shapes: B episodes, R response positions. `mask` is 1 on response tokens up to and including the
-first EOS and 0 on the padding after it.
+Shapes: B episodes, R response positions. `mask` is 1 on the tokens the policy generated (up to and including
+the first EOS) and 0 elsewhere: the padding after EOS and, in tool-use episodes, the tool's answers between the
+policy's turns, so a mask may have holes.
 """
 
 from __future__ import annotations
@@ -71,22 +72,40 @@ def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: 
     raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1' or 'k3'")
 
 
+def last_policy_position(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last 1 in `mask` (0 for a row with none): where an episode's score lands."""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return (positions * (mask > 0)).amax(1)
+
+
 def kl_penalised_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token rewards: -kl_coef * KL on every response token, plus the score on the last one."""
+    """Per-token rewards: -kl_coef * KL on every policy token, plus the score on the last one."""
     rewards = -kl_coef * kl * mask
-    last = (mask.sum(1) - 1).clamp(min=0).long()
-    rewards[torch.arange(len(scores), device=scores.device), last] += scores.to(rewards.dtype)
+    rewards[torch.arange(len(scores), device=scores.device), last_policy_position(mask)] += scores.to(rewards.dtype)
     return rewards
 
 
 def compute_gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over the response; returns (advantages, returns).
+    """Generalised advantage estimation over the policy's tokens, in order; returns (advantages, returns).
 
-    Positions after the response end carry no reward and no value, so the bootstrap value past
-    the last real token is 0 and masked positions get advantage 0.
+    Tokens outside the mask (tool answers, padding) are not steps of the episode: each policy token
+    bootstraps from the next policy token's value, past the last one the value is 0, and masked positions
+    get advantage 0. The policy tokens are moved to the front of each row (a stable sort keeps their order),
+    GAE runs over that contiguous prefix, and the results go back to their positions.
     """
+    order = torch.argsort((mask <= 0).int(), dim=1, stable=True)
+    mask = mask.gather(1, order)
+    advantages, returns = _gae_over_prefix(rewards.gather(1, order), values.gather(1, order), mask, gamma, lam)
+    return torch.empty_like(advantages).scatter(1, order, advantages), torch.empty_like(returns).scatter(
+        1, order, returns
+    )
+
+
+def _gae_over_prefix(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     rewards, values = rewards * mask, values * mask
     length = rewards.shape[1]
     advantages = torch.zeros_like(rewards)

@@ -106,6 +106,39 @@ def test_gae_matches_a_plain_reverse_loop_per_sequence(gamma, lam):
         )
 
 
+def test_a_mask_with_holes_scores_the_last_policy_token_and_runs_gae_over_policy_tokens_only():
+    """Tool-use episodes: the tool's answers sit between the policy's turns with mask 0."""
+    torch.manual_seed(2)
+    mask = torch.tensor(
+        [
+            [1, 1, 0, 0, 1, 1, 0, 0],  # a call, the tool's answer, the final answer, padding
+            [1, 0, 1, 0, 0, 1, 1, 1],  # two calls
+            [1, 1, 1, 1, 0, 0, 0, 0],  # no call
+            [0, 0, 0, 0, 0, 0, 0, 0],  # nothing generated
+        ]
+    )
+    kl, values = torch.rand(4, 8), torch.randn(4, 8)
+    rewards = kl_penalised_rewards(torch.tensor([1.0, 2.0, 3.0, 4.0]), kl, 0.1, mask)
+    for b, last in enumerate([5, 7, 3, 0]):
+        expected = -0.1 * kl[b] * mask[b]
+        expected[last] += b + 1.0
+        assert torch.allclose(rewards[b], expected)
+
+    for gamma, lam in [(1.0, 0.95), (0.9, 0.5)]:
+        advantages, returns = compute_gae(rewards, values, mask, gamma, lam)
+        for b in range(4):
+            policy = [t for t in range(8) if mask[b, t]]
+            expected = _gae_reference(
+                [rewards[b, t].item() for t in policy], [values[b, t].item() for t in policy], len(policy), gamma, lam
+            )
+            assert [advantages[b, t].item() for t in policy] == pytest.approx(expected, abs=1e-5)
+            assert [returns[b, t].item() for t in policy] == pytest.approx(
+                [a + values[b, t].item() for a, t in zip(expected, policy, strict=True)], abs=1e-5
+            )
+            holes = [t for t in range(8) if not mask[b, t]]
+            assert advantages[b, holes].abs().sum() == 0 and returns[b, holes].abs().sum() == 0
+
+
 def test_masked_whiten_ignores_padding():
     values = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, -50.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 0]])

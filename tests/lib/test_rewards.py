@@ -65,6 +65,23 @@ def test_classifier_scorer_gives_a_labels_probability_or_logit(tiny_rm_dir, tmp_
         ClassifierScorer(model, tokenizer, label=2)
 
 
+def test_a_baseline_response_makes_each_score_relative_to_the_same_prompts_baseline(tiny_rm_dir):
+    cfg = ModelConfig(name_or_path=tiny_rm_dir)
+    model, tokenizer = load_sequence_scorer(cfg), load_tokenizer(cfg, padding_side="right")
+    prompts = [*PROMPTS, PROMPTS[0]]  # a repeated prompt gets the same baseline
+    responses = [*RESPONSES, " dull"]
+    relative = RewardModelScorer(model, tokenizer, baseline_response=" ok")(prompts, responses)
+
+    absolute = _logits(model, tokenizer, [p + r for p, r in zip(prompts, responses, strict=True)])[:, 0]
+    baseline = _logits(model, tokenizer, [p + " ok" for p in prompts])[:, 0]
+    assert relative == pytest.approx((absolute - baseline).tolist(), abs=1e-5)
+    assert RewardModelScorer(model, tokenizer, baseline_response=" ok")(PROMPTS, [" ok"] * 3) == pytest.approx(
+        [0.0] * 3, abs=1e-6
+    )
+    with pytest.raises(RewardSourceError, match="needs include_prompt"):
+        ClassifierScorer(model, tokenizer, label=0, include_prompt=False, baseline_response="")
+
+
 def _raises(prompts, responses):
     raise KeyError("no such word")
 

@@ -40,7 +40,13 @@ def test_reward_sources_and_judges_are_checked_before_any_work(tmp_path):
     fn = {"name": "f", "kind": "function", "function": "recipes.sentiment.judges:vader"}
     params = load_with(reward_sources=[fn | {"weight": 0.5}])
     assert not params.trains_reward_model() and params.reward_sources[0].weight == 0.5
+    relative = load_with(reward_sources=[{"name": "rm", "kind": "trained", "baseline_response": ""}])
+    assert relative.reward_sources[0].baseline_response == ""
     cases = [
+        (
+            {"judges": [{"name": "j", "kind": "trained", "baseline_response": ""}]},
+            "judges.0.trained.baseline_response: unknown key",
+        ),
         ({"reward_sources": [fn | {"function": "recipes.sentiment.judges:nothing"}]}, "reward_sources[0].function"),
         ({"reward_sources": [fn | {"function": "no_such_pkg.mod:f"}]}, "cannot import no_such_pkg.mod"),
         ({"reward_sources": [fn, fn]}, "names must be distinct"),
