@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -34,6 +34,8 @@ class Rollout:
     responses: list[str]
     score_components: dict[str, float]
     """Mean score of each reward source before weighting (empty for a single-function reward)."""
+    environment_stats: dict[str, float] = field(default_factory=dict)
+    """Tool-use figures of a TextEnvironment rollout (empty without one)."""
 
     @property
     def response_length(self) -> int:

@@ -35,6 +35,7 @@ from rlhf_lib.ppo.core import (
     masked_whiten,
     response_mask_until_eos,
 )
+from rlhf_lib.ppo.environment import TextEnvironment
 from rlhf_lib.ppo.kl_control import KLController
 from rlhf_lib.ppo.rollout import (
     Rollout,
@@ -80,6 +81,7 @@ class PPOTrainer:
         metrics_sink: MetricsSink | None = None,
         eval_prompts: list[str] | None = None,
         judges: dict[str, RewardFunction] | None = None,
+        environment: TextEnvironment | None = None,
     ) -> None:
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
@@ -88,6 +90,7 @@ class PPOTrainer:
         self.config = config
         self.eval_prompts = eval_prompts or []
         self.judges = judges or {}
+        self.environment = environment
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.reward_fn = reward_fn
@@ -152,6 +155,8 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> Rollout:
         cfg, tokenizer = self.config, self.tokenizer
+        if self.environment is not None:
+            return self._environment_rollout(prompts)
         # Autocast speeds up sampling from fp32 weights (full fine-tuning: 1.55 s vs 1.93 s a batch in the PPO
         # benchmark); a LoRA policy's base is bf16 already and autocast only adds casts (2.07 s vs 1.83 s).
         with nullcontext() if self.policy.is_peft else self.autocast():
@@ -164,12 +169,45 @@ class PPOTrainer:
                 record_policy=cfg.logprobs_from_generation,
             )
         responses = input_ids[:, prompt_width:]
-        width = responses.shape[1]
         mask = response_mask_until_eos(responses, tokenizer.eos_token_id)
         contains_eos = (responses == tokenizer.eos_token_id).any(1)
         texts = tokenizer.batch_decode(
             [row[: int(n)] for row, n in zip(responses, mask.sum(1), strict=True)], skip_special_tokens=True
         )
+        return self._scored_rollout(prompts, input_ids, attention_mask, mask, contains_eos, texts, recorded)
+
+    def _environment_rollout(self, prompts: list[str]) -> Rollout:
+        """Episodes with tool calls: log-probs and values come from one forward over the kept token ids."""
+        with nullcontext() if self.policy.is_peft else self.autocast():
+            env = self.environment.run(
+                self.policy, self.tokenizer, prompts, self.sampling, self.config.max_prompt_length
+            )
+        device = self.accelerator.device
+        rollout = self._scored_rollout(
+            prompts,
+            env.input_ids.to(device),
+            env.attention_mask.to(device),
+            env.action_mask.to(device),
+            env.contains_eos.to(device),
+            env.texts,
+            recorded=None,
+        )
+        rollout.environment_stats = env.stats
+        return rollout
+
+    def _scored_rollout(
+        self,
+        prompts: list[str],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mask: torch.Tensor,
+        contains_eos: torch.Tensor,
+        texts: list[str],
+        recorded: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> Rollout:
+        """Score the responses, and add log-probs, values and reference log-probs at the response positions."""
+        cfg = self.config
+        width = mask.shape[1]
         raw_scores = self.reward_fn(prompts, texts)
         scores = torch.tensor(raw_scores, dtype=torch.float32, device=input_ids.device)
         if scores.shape != (len(prompts),):
@@ -241,6 +279,7 @@ class PPOTrainer:
             "skipped_batches": self.skipped_batches,
         }
         metrics |= {f"reward/{name}": value for name, value in batch.score_components.items()}
+        metrics |= batch.environment_stats
         self.kl_ctl.update(sequence_kl, len(prompts))
         return metrics
 
