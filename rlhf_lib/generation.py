@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhf_lib.config import GenerationConfig
 from rlhf_lib.models.decoding import fast_sampling
 from rlhf_lib.ppo.core import logprobs_of_labels, response_mask_until_eos
+from rlhf_lib.ppo.environment import TextEnvironment
 from rlhf_lib.ppo.rollout import predicting_positions
 from rlhf_lib.sampling import Sampling
 
@@ -43,6 +44,32 @@ def generate_responses(
     return texts, token_ids
 
 
+def generate_episodes(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    cfg: GenerationConfig,
+    environment: TextEnvironment,
+) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
+    """One tool-use episode per prompt: texts (tool answers included), response token ids, and action masks
+    (1 on the policy's own tokens), for `sequence_kl` and `perplexity` to score the policy's tokens only."""
+    if cfg.temperature <= 0:
+        raise ValueError("tool-use episodes are sampled: set a temperature > 0")
+    torch.manual_seed(cfg.seed)
+    sampling = Sampling.create(
+        cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id
+    )
+    texts, token_ids, masks = [], [], []
+    for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="episodes", unit="batch"):
+        rollout = environment.run(model, tokenizer, prompts[start : start + cfg.batch_size], sampling)
+        responses = rollout.input_ids[:, rollout.prompt_width :]
+        for row, mask, n in zip(responses, rollout.action_mask, rollout.response_lengths, strict=True):
+            token_ids.append(row[:n].cpu())
+            masks.append(mask[:n].cpu())
+        texts.extend(rollout.texts)
+    return texts, token_ids, masks
+
+
 @torch.inference_mode()
 def sequence_kl(
     policy: PreTrainedModel,
@@ -51,29 +78,43 @@ def sequence_kl(
     prompts: list[str],
     responses: list[torch.Tensor],
     temperature: float = 1.0,
+    masks: list[torch.Tensor] | None = None,
 ) -> list[float]:
     """Per-sample KL estimate sum_t log p_T(y_t) - log p_ref,T(y_t) over each policy sample (k1).
 
     Unbiased for KL(p_T || p_ref,T) when the responses were sampled from the policy at `temperature` T without
-    top-k/top-p truncation: both models are scored at the temperature the samples came from.
+    top-k/top-p truncation: both models are scored at the temperature the samples came from. With `masks` (tool-use
+    episodes), only the tokens the policy sampled count.
     """
     if temperature <= 0:
         raise ValueError(f"the KL of sampled responses needs the sampling temperature (> 0), got {temperature}")
-    ours = response_logprobs(policy, tokenizer, prompts, responses, temperature)
-    theirs = response_logprobs(reference, tokenizer, prompts, responses, temperature)
+    ours = _masked(response_logprobs(policy, tokenizer, prompts, responses, temperature), masks)
+    theirs = _masked(response_logprobs(reference, tokenizer, prompts, responses, temperature), masks)
     return [(a - b).sum().item() for a, b in zip(ours, theirs, strict=True)]
 
 
 @torch.inference_mode()
 def perplexity(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[torch.Tensor]
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    responses: list[torch.Tensor],
+    masks: list[torch.Tensor] | None = None,
 ) -> float:
     """exp(mean negative log-likelihood per response token) of the responses under `model`, each after its prompt.
 
     Pooled over tokens, not averaged per response, so a one-token response weighs one token; inf for no tokens.
+    With `masks`, only the policy's own tokens count (not a tool's answers).
     """
-    logprobs = torch.cat([lp.double() for lp in response_logprobs(model, tokenizer, prompts, responses)])
+    scored = _masked(response_logprobs(model, tokenizer, prompts, responses), masks)
+    logprobs = torch.cat([lp.double() for lp in scored])
     return float(torch.exp(-logprobs.mean())) if len(logprobs) else float("inf")
+
+
+def _masked(logprobs: list[torch.Tensor], masks: list[torch.Tensor] | None) -> list[torch.Tensor]:
+    if masks is None:
+        return logprobs
+    return [lp[mask.bool()] for lp, mask in zip(logprobs, masks, strict=True)]
 
 
 @torch.inference_mode()

@@ -86,11 +86,12 @@ class BM25Search:
     index: object = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from rank_bm25 import BM25Okapi
+        from rank_bm25 import BM25Plus
 
         if not self.corpus:
             raise ValueError("a search tool needs at least one passage")
-        self.index = BM25Okapi([passage.lower().split() for passage in self.corpus])
+        # BM25+ rather than Okapi: Okapi's IDF is 0 for a term in half the passages, so a small corpus finds nothing.
+        self.index = BM25Plus([passage.lower().split() for passage in self.corpus])
 
     def __call__(self, query: str) -> str:
         scores = self.index.get_scores(query.lower().split())

@@ -15,10 +15,11 @@ from rlhf_lib.config import DataConfig, ModelConfig
 from rlhf_lib.data.formats import prompt_text
 from rlhf_lib.data.sources import load_rows
 from rlhf_lib.evaluation import distinct_n, paired_bootstrap_interval, win_rate
-from rlhf_lib.generation import generate_responses, perplexity, sequence_kl
+from rlhf_lib.generation import generate_episodes, generate_responses, perplexity, sequence_kl
 from rlhf_lib.io import atomic_write_json
 from rlhf_lib.models.loading import load_causal_lm, load_tokenizer
 from rlhf_lib.rewards import checked_scores
+from tasks.environment import build_environment
 from tasks.params import DATA_DIR, MODELS_DIR, REPORTS_DIR, PipelineParams
 from tasks.scoring import build_judges, build_reward
 
@@ -37,12 +38,20 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
     prompts = [prompt_text(row, tokenizer) for row in rows]
     references = list(rows["reference"]) if "reference" in rows.column_names else None
     sft_model, ppo_model = load_causal_lm(sft_cfg).eval(), load_causal_lm(ppo_cfg).eval()
-    sft_texts, sft_ids = generate_responses(sft_model, tokenizer, prompts, cfg.generation)
-    ppo_texts, ppo_ids = generate_responses(ppo_model, tokenizer, prompts, cfg.generation)
+    models = {"sft": sft_model, "ppo": ppo_model}
+    environment = build_environment(params.environment)
+    texts, ids, masks = {}, {}, {}
+    for name, model in models.items():
+        if environment is None:
+            texts[name], ids[name] = generate_responses(model, tokenizer, prompts, cfg.generation)
+            masks[name] = None
+        else:  # the policies answer with their tools, as PPO trained them; only their own tokens are scored
+            texts[name], ids[name], masks[name] = generate_episodes(
+                model, tokenizer, prompts, cfg.generation, environment
+            )
     # Scored at the temperature the samples came from, so the estimate is unbiased for the KL between the two
     # policies as they sample here (EvaluateConfig keeps top-k/top-p off for this reason).
-    kl = sequence_kl(ppo_model, sft_model, tokenizer, prompts, ppo_ids, cfg.generation.temperature)
-    texts, ids = {"sft": sft_texts, "ppo": ppo_texts}, {"sft": sft_ids, "ppo": ppo_ids}
+    kl = sequence_kl(ppo_model, sft_model, tokenizer, prompts, ids["ppo"], cfg.generation.temperature, masks["ppo"])
 
     reward = build_reward(params)
     proxy = {name: reward(prompts, texts[name]) for name in POLICIES}
@@ -63,7 +72,7 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
         metrics[f"eval/{name}_distinct_2"] = distinct_n(texts[name], 2)
         # Fluency: how natural the SFT model (PPO's reference) finds each policy's responses; gibberish that a
         # reward or judge happens to like shows as a perplexity far above the SFT policy's own.
-        metrics[f"eval/{name}_perplexity_under_sft"] = perplexity(sft_model, tokenizer, prompts, ids[name])
+        metrics[f"eval/{name}_perplexity_under_sft"] = perplexity(sft_model, tokenizer, prompts, ids[name], masks[name])
     for judge, per_policy in scores.items():
         metrics |= judge_metrics(f"eval/judge/{judge}", per_policy["ppo"], per_policy["sft"], cfg.bootstrap_samples)
     # The gating judge's figures under fixed names, so `dvc exp show`, the registry and dashboards need no judge name.

@@ -23,6 +23,7 @@ from rlhf_lib.config import (
 )
 from rlhf_lib.precision import default_bf16
 from rlhf_lib.rewards import RewardSourceError, import_callable
+from tasks.environment import EnvironmentSection, build_environment
 from tasks.expectations import ValidateConfig
 from tasks.prepare import PrepareConfig
 
@@ -195,6 +196,8 @@ class PipelineParams(_Section):
     judges: list[JudgeEntry] = [TrainedSource(name="judge", kind="trained")]
     """What decides whether PPO beat SFT. A `trained` judge is the classifier the `judge` stage trains (its score
     is P(label 1)); the `judge` stage is skipped when no judge is `trained`."""
+    environment: EnvironmentSection | None = None
+    """Tools the policy may call during PPO (calculator, search, any `module:callable`); None: plain generation."""
     evaluate: EvaluateConfig = EvaluateConfig()
     """Evaluation settings."""
     tracking: TrackingConfig = TrackingConfig()
@@ -300,6 +303,7 @@ def _validated(data: dict[str, Any]) -> PipelineParams:
         _require_importable(source, f"reward_sources[{index}].function")
     for index, judge in enumerate(params.judges):
         _require_importable(judge, f"judges[{index}].function")
+    build_environment(params.environment)  # a tool that does not import, or a missing corpus, fails here
     default_bf16()  # a bad RLHF_DEFAULT_PRECISION fails here too, before any model loads
     return params
 

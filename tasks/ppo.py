@@ -19,6 +19,7 @@ from rlhf_lib.models.loading import load_causal_lm, load_tokenizer, require_fits
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.trainer import PPOTrainer
 from rlhf_lib.rewards import RewardFunction
+from tasks.environment import build_environment, environment_files
 from tasks.params import DATA_DIR, METRICS_DIR, MODELS_DIR, PipelineParams, checkpoint_dir, with_output_dir
 from tasks.scoring import REWARD_MODEL_DIR, build_judges, build_reward, probe_reward, reward_code_and_weights
 
@@ -63,14 +64,19 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
         "ppo": params.ppo.model_dump(exclude={"output_dir", "eval_steps"}),
         "lora": params.policy.lora,
         "reward_sources": [source.model_dump() for source in params.reward_sources],
+        "environment": params.environment.model_dump() if params.environment else None,
     }
-    inputs = [data, sft_dir, REWARD_MODEL_DIR, *reward_code_and_weights(params)]
+    inputs = [data, sft_dir, REWARD_MODEL_DIR, *reward_code_and_weights(params), *environment_files(params.environment)]
     cfg = with_output_dir(params.ppo, checkpoint_dir("ppo", settings, inputs))
     # The SFT model (LoRA merged) is both the start and, with the new adapter off, the reference.
     policy_cfg = ModelConfig(
         name_or_path=str(sft_dir), lora=params.policy.lora, trust_remote_code=params.policy.trust_remote_code
     )
-    require_fits_context(policy_cfg, cfg.max_prompt_length + cfg.max_new_tokens, "ppo.max_new_tokens")
+    env = params.environment
+    response_key, response_tokens = (
+        ("ppo.max_new_tokens", cfg.max_new_tokens) if env is None else ("environment.max_length", env.max_length)
+    )
+    require_fits_context(policy_cfg, cfg.max_prompt_length + response_tokens, response_key)
     tokenizer = load_tokenizer(policy_cfg)
     model = AutoModelForCausalLMWithValueHead(load_causal_lm(policy_cfg))
     prompts = [prompt_text(row, tokenizer) for row in load_rows(DataConfig(source=str(data)))]
@@ -86,7 +92,15 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
 
     eval_prompts, judges = _held_out(params, tokenizer) if cfg.eval_steps else (None, None)
     trainer = PPOTrainer(
-        cfg, model, tokenizer, prompts, reward, metrics_sink=log_step, eval_prompts=eval_prompts, judges=judges
+        cfg,
+        model,
+        tokenizer,
+        prompts,
+        reward,
+        metrics_sink=log_step,
+        eval_prompts=eval_prompts,
+        judges=judges,
+        environment=build_environment(env),
     )
     history = trainer.train()
     trainer.save_policy(MODELS_DIR / "ppo")

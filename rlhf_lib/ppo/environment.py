@@ -45,6 +45,8 @@ class EnvironmentRollout:
     contains_eos: torch.Tensor
     texts: list[str]
     """Each episode's response as text, tool answers included (what a reward reads the final answer from)."""
+    response_lengths: list[int]
+    """Each episode's response tokens (policy and tool), before the padding."""
     stats: dict[str, float]
     """Tool calls, errors and turns per episode, calls per tool, and the share of episodes ended by EOS."""
 
@@ -75,10 +77,12 @@ class TextEnvironment:
         tokenizer: PreTrainedTokenizerBase,
         prompts: list[str],
         sampling: Sampling,
-        max_prompt_length: int,
+        max_prompt_length: int | None = None,
     ) -> EnvironmentRollout:
+        """Play one episode per prompt; prompts longer than `max_prompt_length` tokens keep their end."""
         tokenizer.truncation_side = "left"  # keep the end of a long prompt, next to the response
-        encoded = tokenizer(prompts, truncation=True, max_length=max_prompt_length, add_special_tokens=False)
+        truncate = max_prompt_length is not None
+        encoded = tokenizer(prompts, truncation=truncate, max_length=max_prompt_length)
         episodes = [Episode(list(ids)) for ids in encoded["input_ids"]]
         errors_before = sum(self.tools.errors.values())
         calls_per_tool_before = dict(self.tools.calls)
@@ -164,6 +168,7 @@ class TextEnvironment:
             action_mask=torch.tensor(masks),
             contains_eos=torch.tensor([e.ended_with_eos for e in episodes]),
             texts=texts,
+            response_lengths=[len(e.response_ids) for e in episodes],
             stats={},
         )
 
