@@ -6,7 +6,7 @@ import datasets
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lib.callbacks import MetricsSink
-from rlhf_lib.config import SFTConfig
+from rlhf_lib.config import ConfigError, SFTConfig
 from rlhf_lib.data.formats import check_format, pack_blocks, tokenize_sft
 from rlhf_lib.hf_training import GuardedTrainer, metric_callbacks, training_arguments
 
@@ -22,8 +22,15 @@ def tokenize_sft_dataset(
         desc="tokenizing",
     )
     if cfg.packing:
-        tokenized = tokenized.map(
+        return tokenized.map(
             lambda batch: pack_blocks(batch, cfg.max_length), batched=True, batch_size=1000, desc="packing"
+        )
+    # A row whose prompt fills max_length trains no token; a batch of them would give a NaN loss (0 / 0).
+    untrained = sum(all(label == -100 for label in labels) for labels in tokenized["labels"])
+    if untrained:
+        raise ConfigError(
+            f"{untrained} of {len(tokenized)} SFT rows keep no trained token within max_length {cfg.max_length} "
+            "(the prompt fills it): raise max_length or shorten the prompts"
         )
     return tokenized
 

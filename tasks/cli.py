@@ -97,17 +97,20 @@ def summary_table(metrics_dir: Path = Path("metrics")) -> str:
     """
     evaluation = json.loads((metrics_dir / "evaluate.json").read_text())
     lines = ["| metric | SFT | PPO | PPO win rate | 95% interval, PPO - SFT |", "|---|---:|---:|---:|---:|"]
-    judges = [key.split("/")[2] for key in evaluation if key.startswith("eval/judge/") and key.endswith("/sft")]
-    for judge in judges:
-        figures = {
-            key.rsplit("/", 1)[1]: value for key, value in evaluation.items() if key.startswith(f"eval/judge/{judge}/")
-        }
-        lines.append(
-            f"| judge `{judge}` | {figures['sft']:.3f} | {figures['ppo']:.3f} | {figures['win_rate_ppo']:.3f} "
-            f"| [{figures['diff_ci_low']:+.3f}, {figures['diff_ci_high']:+.3f}] |"
-        )
+    # With tools, each judge also scored the policies answering alone (eval/without_tools/judge/...).
+    for prefix, label in (("eval/judge/", "judge `{}`"), ("eval/without_tools/judge/", "judge `{}`, without tools")):
+        judges = [key.split("/")[-2] for key in evaluation if key.startswith(prefix) and key.endswith("/sft")]
+        for judge in judges:
+            figures = {
+                key.rsplit("/", 1)[1]: value for key, value in evaluation.items() if key.startswith(f"{prefix}{judge}/")
+            }
+            lines.append(
+                f"| {label.format(judge)} | {figures['sft']:.3f} | {figures['ppo']:.3f} "
+                f"| {figures['win_rate_ppo']:.3f} | [{figures['diff_ci_low']:+.3f}, {figures['diff_ci_high']:+.3f}] |"
+            )
     for label, key in SUMMARY_ROWS:
-        lines.append(f"| {label} | {evaluation[f'eval/sft_{key}']:.3f} | {evaluation[f'eval/ppo_{key}']:.3f} | | |")
+        if f"eval/sft_{key}" in evaluation:  # tool calls: only with an environment
+            lines.append(f"| {label} | {evaluation[f'eval/sft_{key}']:.3f} | {evaluation[f'eval/ppo_{key}']:.3f} | | |")
     lines.append(f"| KL(PPO \\|\\| SFT) per response (nats) | | {evaluation['eval/kl_ppo_to_sft']:.3f} | | |")
     for stage, key, label in HELD_OUT_ACCURACIES:
         path = metrics_dir / f"{stage}.json"
@@ -122,6 +125,7 @@ SUMMARY_ROWS = [
     ("response words", "response_words"),
     ("distinct-2", "distinct_2"),
     ("perplexity under the SFT model", "perplexity_under_sft"),
+    ("tool calls per response", "tool_calls_per_response"),
 ]
 HELD_OUT_ACCURACIES = [
     ("reward", "reward/eval_accuracy", "reward model held-out pair accuracy"),

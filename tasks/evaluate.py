@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from statistics import mean
 
+import torch
+
 from rlhf_lib.config import DataConfig, ModelConfig
 from rlhf_lib.data.formats import prompt_text
 from rlhf_lib.data.sources import load_rows
@@ -75,6 +77,13 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
         metrics[f"eval/{name}_perplexity_under_sft"] = perplexity(sft_model, tokenizer, prompts, ids[name], masks[name])
     for judge, per_policy in scores.items():
         metrics |= judge_metrics(f"eval/judge/{judge}", per_policy["ppo"], per_policy["sft"], cfg.bootstrap_samples)
+    if environment is not None:  # what each policy manages alone: the same prompts, no tool answers its calls
+        alone = {name: generate_responses(models[name], tokenizer, prompts, cfg.generation)[0] for name in POLICIES}
+        for judge, score in judges.items():
+            per_policy = {name: score(prompts, alone[name], references) for name in POLICIES}
+            prefix = f"eval/without_tools/judge/{judge}"
+            metrics |= judge_metrics(prefix, per_policy["ppo"], per_policy["sft"], cfg.bootstrap_samples)
+        metrics |= {f"eval/{name}_tool_calls_per_response": _tool_calls(masks[name]) for name in POLICIES}
     # The gating judge's figures under fixed names, so `dvc exp show`, the registry and dashboards need no judge name.
     gate = f"eval/judge/{params.promotion_judge()}"
     metrics |= {
@@ -105,3 +114,8 @@ def judge_metrics(prefix: str, ppo: list[float], sft: list[float], bootstrap_sam
         f"{prefix}/diff_ci_low": low,
         f"{prefix}/diff_ci_high": high,
     }
+
+
+def _tool_calls(masks: list[torch.Tensor]) -> float:
+    """Mean tool answers per episode: the runs of 0 in each action mask (an episode opens with a policy token)."""
+    return mean(int(((mask[1:] == 0) & (mask[:-1] == 1)).sum()) for mask in masks)

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf_lib.models.decoding import fast_sampling
 from rlhf_lib.sampling import Sampling
 from rlhf_lib.tools import ToolBox
 
-CALL = re.compile(r"<call>\s*(?P<name>\w+)\s*:?\s*(?P<query>.*?)\s*</call>$", re.DOTALL)
+# The turn ends with the first `</call>`; its last token may carry a character or two past it (a tokenizer can merge
+# `</call><` into one token), which stay: the policy sampled them.
+CALL = re.compile(r"<call>\s*(?P<name>\w+)\s*:?\s*(?P<query>.*?)\s*</call>", re.DOTALL)
 
 
 @dataclass
@@ -116,12 +119,14 @@ class TextEnvironment:
         input_ids = torch.tensor([[pad] * (width - len(h)) + h for h in histories], device=device)
         attention_mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in histories], device=device)
         budget = max(self.max_length - len(episode.response_ids) for episode in episodes)
-        output = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            tokenizer=tokenizer,
-            **sampling.generate_kwargs(max_new_tokens=budget, stop_strings=[self.call_end]),
-        )
+        # The policy's own model (inside a value-head wrapper) samples with LoRA merged and the small-rows kernel.
+        with fast_sampling(getattr(model, "pretrained_model", model)):
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                tokenizer=tokenizer,
+                **sampling.generate_kwargs(max_new_tokens=budget, stop_strings=[self.call_end]),
+            )
         return output[:, width:].tolist()
 
     def _take_turn(self, episode: Episode, new_ids: list[int], tokenizer: PreTrainedTokenizerBase) -> None:
@@ -139,9 +144,9 @@ class TextEnvironment:
             episode.ended_with_eos = call_end is None and eos is not None and eos < end
             return
         episode.calls += 1
-        match = CALL.search(tokenizer.decode(kept, skip_special_tokens=True))
+        match = list(CALL.finditer(tokenizer.decode(kept, skip_special_tokens=True)))[-1:]
         if match:
-            answer, _ = self.tools.call(match["name"], match["query"])
+            answer, _ = self.tools.call(match[0]["name"], match[0]["query"])
         else:
             answer, _ = self.tools.failed("call", "write <call>name: query</call>")
         result = tokenizer.encode(f"<result>{answer}</result>", add_special_tokens=False)[:budget]

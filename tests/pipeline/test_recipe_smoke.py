@@ -1,6 +1,7 @@
-"""The detox and qa recipes end to end at smoke scale (tiny models, a few steps) with real DVC and MLflow: their
-data builders, a function reward (detox) and a trained one (qa), function and reference judges, fluency figures,
-and every MLflow run and registered version tagged with the recipe."""
+"""The detox, qa and calculator recipes end to end at smoke scale (tiny models, a few steps) with real DVC and
+MLflow: their data builders, function rewards (detox, calculator) and a trained one (qa), function and reference
+judges, tool-use episodes (calculator), fluency figures, and every MLflow run and registered version tagged with
+the recipe."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ SMOKE_SECTIONS = ("policy", "reward_model", "sft", "reward", "ppo", "evaluate")
 SMALL_DATA = {  # detox prompts short enough for the tiny tokenizer, which spends a token on every few characters
     "detox": {"sft_examples": 40, "preference_pairs": 20, "ppo_prompts": 16, "eval_prompts": 8, "prompt_max_words": 8},
     "qa": {"preference_pairs": 40, "ppo_prompts": 16, "eval_prompts": 8},
+    "calculator": {"sft_examples": 40, "ppo_prompts": 16, "eval_prompts": 8},
 }
-JUDGES = {"detox": ["not_profane"], "qa": ["answer_similarity", "chrf"]}
+JUDGES = {"detox": ["not_profane"], "qa": ["answer_similarity", "chrf"], "calculator": ["accuracy"]}
 
 
 def _reproduce(recipe: str, tmp_path) -> tuple:
@@ -27,7 +29,10 @@ def _reproduce(recipe: str, tmp_path) -> tuple:
     smoke = yaml.safe_load((project / "profiles/smoke.yaml").read_text())
     params |= {section: smoke[section] for section in SMOKE_SECTIONS}
     params["prepare"] |= SMALL_DATA[recipe]
-    params["ppo"]["max_prompt_length"] = 128  # qa's chat prompts, in the tiny tokenizer's many tokens
+    params["ppo"]["max_prompt_length"] = 160  # chat prompts (qa, calculator), in the tiny tokenizer's many tokens
+    if recipe == "calculator":  # its word problems, in the tiny tokenizer's tokens, fill the smoke SFT max_length
+        params["environment"]["max_length"] = 24
+        params["sft"]["max_length"] = 200
     params["tracking"] |= {"experiment": f"{recipe}-smoke", "promotion_kl_budget": 50.0}
     params["tracking"] |= {"policy_model_name": f"{recipe}-smoke-policy", "reward_model_name": f"{recipe}-smoke-rm"}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -40,18 +45,18 @@ def _lines(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("recipe", ["detox", "qa"])
+@pytest.mark.parametrize("recipe", ["detox", "qa", "calculator"])
 def test_recipe_runs_end_to_end_and_tags_its_runs(recipe, tmp_path):
     from mlflow import MlflowClient
 
     project, output = _reproduce(recipe, tmp_path)
     assert stages_run(output) == {"params", "prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"}
     assert "judge: skipped, no judge is `trained`" in output
-    assert ("reward: skipped" in output) == (recipe == "detox")  # detox's reward is a function alone
+    assert ("reward: skipped" in output) == (recipe != "qa")  # detox's and calculator's rewards are functions
 
     prepared = project / "data/prepared"
     manifest = json.loads((prepared / "manifest.json").read_text())
-    assert manifest["sft.jsonl"] == {"detox": "text", "qa": "messages"}[recipe]
+    assert manifest["sft.jsonl"] == {"detox": "text", "qa": "messages", "calculator": "prompt_completion"}[recipe]
     ppo_prompts, eval_rows = _lines(prepared / "ppo_prompts.jsonl"), _lines(prepared / "eval_prompts.jsonl")
     assert len(ppo_prompts) == 16 and len(eval_rows) == 8
     held_out = {json.dumps(row["prompt"]) for row in eval_rows}
@@ -60,7 +65,7 @@ def test_recipe_runs_end_to_end_and_tags_its_runs(recipe, tmp_path):
         trained = {json.dumps(row["messages"][:1]) for row in _lines(prepared / "sft.jsonl")}
         trained |= {json.dumps(row["prompt"]) for row in _lines(prepared / "preference.jsonl")}
         assert not held_out & trained and all(row["reference"] for row in eval_rows)
-    else:  # openings of rude sentences, cut before they turn offensive
+    elif recipe == "detox":  # openings of rude sentences, cut before they turn offensive
         from profanity_check import predict_prob
 
         assert max(predict_prob([row["prompt"] for row in eval_rows + ppo_prompts])) < 0.5
@@ -77,9 +82,22 @@ def test_recipe_runs_end_to_end_and_tags_its_runs(recipe, tmp_path):
         for sample in samples:
             assert sample["judge_not_profane_ppo"] == float(not profanity.contains_profanity(sample["ppo_response"]))
 
+    if recipe == "calculator":  # tool-use episodes in PPO and evaluation, and the policies judged without tools too
+        assert {"eval/without_tools/judge/accuracy/ppo", "eval/ppo_tool_calls_per_response"} <= evaluation.keys()
+        ppo_run = next(r for r in _runs(project, recipe) if r.data.tags.get("rlhf.stage") == "ppo")
+        assert {"ppo/env/tool_calls_per_episode", "ppo/env/turns_per_episode"} <= ppo_run.data.metrics.keys()
+
     uri = f"sqlite:///{project}/mlflow.db"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name(f"{recipe}-smoke").experiment_id])
     assert {"sft", "ppo", "evaluate"} <= {r.data.tags.get("rlhf.stage") for r in runs}
     assert {r.data.tags["rlhf.recipe"] for r in runs} == {recipe}  # the parent run and every stage's
     assert client.get_model_version(f"{recipe}-smoke-policy", "1").tags["rlhf.recipe"] == recipe
+
+
+def _runs(project, recipe: str) -> list:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{project}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return client.search_runs([client.get_experiment_by_name(f"{recipe}-smoke").experiment_id])
