@@ -134,7 +134,8 @@ class TextEnvironment:
         budget = self.max_length - len(episode.response_ids)
         eos = next((k for k, token in enumerate(new_ids) if token == tokenizer.eos_token_id), None)
         end = min(len(new_ids), budget) if eos is None else min(eos + 1, budget)
-        call_end = _end_of_first_call(new_ids[:end], tokenizer, self.call_end)
+        history = episode.prompt_ids + episode.response_ids
+        call_end = _end_of_first_call(history, new_ids[:end], tokenizer, self.call_end)
         kept = new_ids[: call_end or end]
         episode.response_ids += kept
         episode.action_mask += [1] * len(kept)
@@ -144,7 +145,8 @@ class TextEnvironment:
             episode.ended_with_eos = call_end is None and eos is not None and eos < end
             return
         episode.calls += 1
-        match = list(CALL.finditer(tokenizer.decode(kept, skip_special_tokens=True)))[-1:]
+        # The episode's last complete call is this one; it may have begun in the prompt (a prompt can open a call).
+        match = list(CALL.finditer(tokenizer.decode(history + kept, skip_special_tokens=True)))[-1:]
         if match:
             answer, _ = self.tools.call(match[0]["name"], match[0]["query"])
         else:
@@ -178,8 +180,16 @@ class TextEnvironment:
         )
 
 
-def _end_of_first_call(ids: list[int], tokenizer: PreTrainedTokenizerBase, call_end: str) -> int | None:
-    """The number of tokens up to and including the first `call_end`, or None if there is none."""
-    if call_end not in tokenizer.decode(ids):
+def _end_of_first_call(
+    history: list[int], ids: list[int], tokenizer: PreTrainedTokenizerBase, call_end: str
+) -> int | None:
+    """How many of `ids` run up to and including the first `call_end` that ends among them (it may begin in the
+    last tokens of `history`), or None if none does."""
+    context = history[-len(call_end) :]  # a token holds at least one character, so these hold any partial call_end
+    seen = max(len(tokenizer.decode(context)) - len(call_end) + 1, 0)  # a call_end found from here ends in `ids`
+    if call_end not in tokenizer.decode(context + ids)[seen:]:
         return None
-    return next(k for k in range(1, len(ids) + 1) if call_end in tokenizer.decode(ids[:k]))
+    for k in range(1, len(ids) + 1):
+        if call_end in tokenizer.decode(context + ids[:k])[seen:]:
+            return k
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -135,3 +136,80 @@ def test_a_ppo_step_trains_on_environment_episodes_and_logs_their_tool_figures(t
     assert metrics["env/tool_calls_per_episode"] == 1.0 and metrics["env/calls/calculator"] == 3.0
     assert metrics["response_length"] == expected.action_mask.sum(1).float().mean().item()
     assert torch.isfinite(torch.tensor(metrics["loss/policy_avg"]))
+
+
+PRIMED = ["2+3 is <call>calculator: 2+3</call", "6*7 is <call>calculator: 6*7</call", "9-4 is <call>calculator: 9-4"]
+PRIMED[2] += "</call"  # every prompt opens a call; the policy closes it (or not) with its first token
+
+
+def _answered(prompts: list[str], responses: list[str]) -> list[float]:
+    """1 when the calculator answered, which needs the policy to close the call the prompt opened."""
+    return [float("<result>" in response and "error" not in response) for response in responses]
+
+
+def _closing_probabilities(model, tokenizer) -> torch.Tensor:
+    """Each prompt's probability of `>` as the first response token: the chance that the policy calls the tool."""
+    closing = tokenizer.encode(">", add_special_tokens=False)
+    assert len(closing) == 1
+    with torch.no_grad():
+        logits = [model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1] for prompt in PRIMED]
+    return torch.stack(logits).softmax(-1)[:, closing[0]]
+
+
+def _tool_trainer(model_dir: str, out_dir, nudge: bool = False, **overrides):
+    from rlhf_lib.config import PPOConfig
+    from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
+    from rlhf_lib.ppo.trainer import PPOTrainer
+
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=model_dir))
+    torch.manual_seed(0)
+    policy = load_causal_lm(ModelConfig(name_or_path=model_dir))
+    if nudge:  # before the trainer copies the reference, as SFT comes before PPO
+        _call_now_and_then(policy, tokenizer)
+    settings = dict(
+        output_dir=str(out_dir), batch_size=12, num_mini_batches=2, ppo_epochs=2, learning_rate=3e-3, save_steps=100
+    )
+    config = PPOConfig(**(settings | overrides))
+    env = TextEnvironment(ToolBox([CALCULATOR]), max_turns=1, max_length=24)
+    model = AutoModelForCausalLMWithValueHead(policy)
+    return PPOTrainer(config, model, tokenizer, PRIMED, _answered, environment=env)
+
+
+def _call_now_and_then(policy, tokenizer) -> None:
+    """Like an SFT policy that calls the tool on some problems: P(`>` first) from ~1/400 to 0.1 or more."""
+    closing = tokenizer.encode(">", add_special_tokens=False)[0]
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.05)
+    while _closing_probabilities(policy, tokenizer).min() < 0.1:
+        logits = torch.stack([policy(**tokenizer(p, return_tensors="pt")).logits[0, -1] for p in PRIMED])
+        loss = torch.nn.functional.cross_entropy(logits, torch.full((len(PRIMED),), closing))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_ppo_learns_to_call_the_tool_when_the_reward_needs_its_answer(tiny_lm_dir, tmp_path):
+    trainer = _tool_trainer(tiny_lm_dir, tmp_path, nudge=True, total_steps=12)
+    policy, tokenizer = trainer.policy.pretrained_model, trainer.tokenizer
+    before = _closing_probabilities(policy, tokenizer)
+    history = trainer.train()
+    after = _closing_probabilities(policy, tokenizer)
+    assert before.max() < 0.5 and after.min() > 0.7, (before, after)  # measured: 0.27-0.28 -> 0.83-0.86
+    assert history[-1]["objective/scores"] > history[0]["objective/scores"]
+    assert history[-1]["env/tool_calls_per_episode"] > history[0]["env/tool_calls_per_episode"]
+
+
+def test_a_tool_use_run_resumes_mid_way_with_the_same_next_update(tiny_lm_dir, tmp_path):
+    import shutil
+
+    from rlhf_lib.ppo.checkpoint import list_checkpoints
+
+    straight = _tool_trainer(tiny_lm_dir, tmp_path / "a", total_steps=3, save_steps=2)
+    history = straight.train()
+    assert [p.name for p in list_checkpoints(tmp_path / "a" / "checkpoints")] == ["checkpoint-2", "checkpoint-3"]
+    resumed = _tool_trainer(tiny_lm_dir, tmp_path / "b", total_steps=3, save_steps=2)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "checkpoint-2", tmp_path / "b" / "checkpoints" / "checkpoint-2")
+    resumed_history = resumed.train()
+    assert resumed.global_step == 3 and len(resumed_history) == 1
+    for key in ("objective/scores", "env/tool_calls_per_episode", "response_length"):
+        assert resumed_history[0][key] == history[2][key], key
+    assert resumed_history[0]["loss/policy_avg"] == pytest.approx(history[2]["loss/policy_avg"], abs=1e-6)
