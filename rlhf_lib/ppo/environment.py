@@ -26,10 +26,13 @@ CALL = re.compile(r"<call>\s*(?P<name>\w+)\s*:?\s*(?P<query>.*?)\s*</call>", re.
 
 @dataclass
 class Episode:
+    """One episode's state as it plays out: its token ids so far, which of them the policy sampled, and counts."""
+
     prompt_ids: list[int]
     response_ids: list[int] = field(default_factory=list)
     action_mask: list[int] = field(default_factory=list)
     calls: int = 0
+    turns: int = 0
     done: bool = False
     ended_with_eos: bool = False
 
@@ -66,13 +69,6 @@ class TextEnvironment:
         self.max_turns = max_turns
         self.max_length = max_length
 
-    def describe_tools(self) -> str:
-        """One line per tool, for a few-shot prompt."""
-        lines = [f"- {tool.name}: {tool.description}" for tool in self.tools.tools]
-        return "Tools (write <call>name: query</call>, the answer follows as <result>...</result>):\n" + "\n".join(
-            lines
-        )
-
     @torch.no_grad()
     def run(
         self,
@@ -89,18 +85,16 @@ class TextEnvironment:
         episodes = [Episode(list(ids)) for ids in encoded["input_ids"]]
         errors_before = sum(self.tools.errors.values())
         calls_per_tool_before = dict(self.tools.calls)
-        turns = [0] * len(episodes)
         while active := [i for i, episode in enumerate(episodes) if not episode.done]:
             generated = self._generate(model, tokenizer, [episodes[i] for i in active], sampling)
             for i, new_ids in zip(active, generated, strict=True):
-                turns[i] += 1
                 self._take_turn(episodes[i], new_ids, tokenizer)
         rollout = self._collate(episodes, tokenizer)
         calls = [episode.calls for episode in episodes]
         rollout.stats = {
             "env/tool_calls_per_episode": sum(calls) / len(calls),
             "env/tool_errors": float(sum(self.tools.errors.values()) - errors_before),
-            "env/turns_per_episode": sum(turns) / len(turns),
+            "env/turns_per_episode": sum(e.turns for e in episodes) / len(episodes),
             "env/ended_with_eos": sum(e.ended_with_eos for e in episodes) / len(episodes),
         } | {
             f"env/calls/{name}": float(count - calls_per_tool_before.get(name, 0))
@@ -131,6 +125,7 @@ class TextEnvironment:
 
     def _take_turn(self, episode: Episode, new_ids: list[int], tokenizer: PreTrainedTokenizerBase) -> None:
         """Keep the turn's tokens up to EOS, the end of a call, or the length budget; run a call's tool."""
+        episode.turns += 1
         budget = self.max_length - len(episode.response_ids)
         eos = next((k for k, token in enumerate(new_ids) if token == tokenizer.eos_token_id), None)
         end = min(len(new_ids), budget) if eos is None else min(eos + 1, budget)
