@@ -124,20 +124,34 @@ def response_logprobs(
     prompts: list[str],
     responses: list[torch.Tensor],
     temperature: float = 1.0,
+    batch_size: int = 16,
 ) -> list[torch.Tensor]:
     """log p_T(y_t | prompt, y_<t) of each response token, one float tensor per response (empty for none).
 
-    The responses' own token ids are scored: decoding and re-encoding could change the tokens.
+    The responses' own token ids are scored: decoding and re-encoding could change the tokens. Batches are
+    left-padded, so every response ends at the last position and its log-probs are the last len(response) ones.
     """
     device = next(model.parameters()).device
-    scored = []
-    for prompt, response in zip(prompts, responses, strict=True):
-        if len(response) == 0:
-            scored.append(torch.zeros(0))
-            continue
-        prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
-        ids = torch.cat([prompt_ids, response]).unsqueeze(0).to(device)
-        width = len(response)
-        logits = model(input_ids=ids, logits_to_keep=predicting_positions(ids, width)).logits / temperature
-        scored.append(logprobs_of_labels(logits, ids[:, -width:])[0].float().cpu())
+    scored = [torch.zeros(0) for _ in responses]
+    pending = [i for i, response in enumerate(responses) if len(response)]
+    for start in range(0, len(pending), batch_size):
+        rows = pending[start : start + batch_size]
+        sequences = [
+            torch.cat([tokenizer(prompts[i], return_tensors="pt")["input_ids"][0], responses[i].cpu()]) for i in rows
+        ]
+        width, longest = max(map(len, sequences)), max(len(responses[i]) for i in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(ids)
+        for k, sequence in enumerate(sequences):
+            ids[k, width - len(sequence) :], attention_mask[k, width - len(sequence) :] = sequence, 1
+        ids, attention_mask = ids.to(device), attention_mask.to(device)
+        logits = model(
+            input_ids=ids,
+            attention_mask=attention_mask,
+            position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+            logits_to_keep=predicting_positions(ids, longest),
+        ).logits
+        logprobs = logprobs_of_labels(logits / temperature, ids[:, -longest:]).float().cpu()
+        for k, i in enumerate(rows):
+            scored[i] = logprobs[k, longest - len(responses[i]) :]
     return scored
