@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import datasets
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lib.callbacks import MetricsSink
-from rlhf_lib.config import ConfigError, SFTConfig
+from rlhf_lib.config import SFTConfig
 from rlhf_lib.data.formats import check_format, pack_blocks, tokenize_sft
 from rlhf_lib.hf_training import GuardedTrainer, metric_callbacks, training_arguments
 
@@ -25,14 +27,22 @@ def tokenize_sft_dataset(
         return tokenized.map(
             lambda batch: pack_blocks(batch, cfg.max_length), batched=True, batch_size=1000, desc="packing"
         )
-    # A row whose prompt fills max_length trains no token; a batch of them would give a NaN loss (0 / 0).
-    untrained = sum(all(label == -100 for label in labels) for labels in tokenized["labels"])
-    if untrained:
-        raise ConfigError(
-            f"{untrained} of {len(tokenized)} SFT rows keep no trained token within max_length {cfg.max_length} "
-            "(the prompt fills it): raise max_length or shorten the prompts"
+    # A row whose prompt fills max_length trains no token, and a batch of only such rows gives a NaN loss (0 / 0):
+    # they are dropped, with a warning that says how many.
+    trained = [i for i, labels in enumerate(tokenized["labels"]) if any(label != -100 for label in labels)]
+    if len(trained) < len(tokenized):
+        logger.warning(
+            "%d of %d SFT rows keep no trained token within max_length %d (the prompt fills it) and are left out; "
+            "raise max_length or shorten the prompts to train on them",
+            len(tokenized) - len(trained),
+            len(tokenized),
+            cfg.max_length,
         )
+        tokenized = tokenized.select(trained)
     return tokenized
+
+
+logger = logging.getLogger(__name__)
 
 
 class SFTTrainer(GuardedTrainer):

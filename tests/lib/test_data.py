@@ -103,16 +103,15 @@ def test_packing_fills_blocks_without_padding(tokenizer):
     assert eos_count >= len(packed) * 16 // 12 - 1  # examples stay separated by EOS
 
 
-def test_rows_whose_prompt_fills_max_length_are_refused_before_training(tokenizer):
+def test_rows_whose_prompt_fills_max_length_are_left_out_with_a_warning(tokenizer, caplog):
     from datasets import Dataset
-
-    from rlhf_lib.config import ConfigError
 
     rows = Dataset.from_list(
         [{"prompt": "the movie was", "completion": " great"}, {"prompt": "the movie was " * 20, "completion": " great"}]
     )
-    with pytest.raises(ConfigError, match="1 of 2 SFT rows keep no trained token within max_length 24"):
-        tokenize_sft_dataset(rows, tokenizer, SFTConfig(output_dir="o", max_length=24))
+    kept = tokenize_sft_dataset(rows, tokenizer, SFTConfig(output_dir="o", max_length=24))
+    assert len(kept) == 1 and any(label != -100 for label in kept["labels"][0])
+    assert "1 of 2 SFT rows keep no trained token within max_length 24" in caplog.text
     assert len(tokenize_sft_dataset(rows, tokenizer, SFTConfig(output_dir="o", max_length=128))) == 2
 
 
