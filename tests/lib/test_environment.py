@@ -112,7 +112,9 @@ def test_the_policy_loss_sends_no_gradient_to_tool_answer_positions(tiny_lm_dir)
     assert (per_position[rollout.action_mask == 1] > 0).all()
 
 
-def test_a_ppo_step_trains_on_environment_episodes_and_logs_their_tool_figures(tiny_lm_dir, tmp_path):
+def test_a_ppo_step_trains_on_environment_episodes_and_logs_their_tool_figures(
+    tiny_lm_dir, tmp_path, default_precision
+):
     from rlhf_lib.config import PPOConfig
     from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
     from rlhf_lib.ppo.trainer import PPOTrainer
@@ -187,7 +189,7 @@ def _call_now_and_then(policy, tokenizer) -> None:
         optimizer.step()
 
 
-def test_ppo_learns_to_call_the_tool_when_the_reward_needs_its_answer(tiny_lm_dir, tmp_path):
+def test_ppo_learns_to_call_the_tool_when_the_reward_needs_its_answer(tiny_lm_dir, tmp_path, default_precision):
     trainer = _tool_trainer(tiny_lm_dir, tmp_path, nudge=True, total_steps=12)
     policy, tokenizer = trainer.policy.pretrained_model, trainer.tokenizer
     before = _closing_probabilities(policy, tokenizer)
@@ -198,7 +200,7 @@ def test_ppo_learns_to_call_the_tool_when_the_reward_needs_its_answer(tiny_lm_di
     assert history[-1]["env/tool_calls_per_episode"] > history[0]["env/tool_calls_per_episode"]
 
 
-def test_a_tool_use_run_resumes_mid_way_with_the_same_next_update(tiny_lm_dir, tmp_path):
+def test_a_tool_use_run_resumes_mid_way_with_the_same_next_update(tiny_lm_dir, tmp_path, default_precision):
     import shutil
 
     from rlhf_lib.ppo.checkpoint import list_checkpoints
