@@ -11,7 +11,7 @@ from rlhf_lib.config import GenerationConfig
 from rlhf_lib.models.decoding import fast_sampling
 from rlhf_lib.ppo.core import logprobs_of_labels, response_mask_until_eos
 from rlhf_lib.ppo.environment import TextEnvironment
-from rlhf_lib.ppo.rollout import predicting_positions
+from rlhf_lib.ppo.rollout import response_logits
 from rlhf_lib.sampling import Sampling
 
 
@@ -31,12 +31,19 @@ def generate_responses(
         generate_kwargs = {
             "generation_config": HFGenerationConfig(do_sample=False, max_new_tokens=cfg.max_new_tokens, **ids)
         }
+    encoder_decoder = model.config.is_encoder_decoder
     texts, token_ids = [], []
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", unit="batch"):
-        batch = tokenizer(prompts[start : start + cfg.batch_size], return_tensors="pt", padding=True).to(device)
+        batch = tokenizer(
+            prompts[start : start + cfg.batch_size],
+            return_tensors="pt",
+            padding=True,
+            padding_side="right" if encoder_decoder else "left",
+        ).to(device)
         with fast_sampling(model):
             output = model.generate(**batch, **generate_kwargs)
-        responses = output[:, batch["input_ids"].shape[1] :]
+        # A causal output repeats the prompt; a decoder's opens with its start token.
+        responses = output[:, 1:] if encoder_decoder else output[:, batch["input_ids"].shape[1] :]
         lengths = response_mask_until_eos(responses, tokenizer.eos_token_id).sum(1)
         for row, n in zip(responses, lengths, strict=True):
             token_ids.append(row[: int(n)].cpu())
@@ -128,30 +135,39 @@ def response_logprobs(
 ) -> list[torch.Tensor]:
     """log p_T(y_t | prompt, y_<t) of each response token, one float tensor per response (empty for none).
 
-    The responses' own token ids are scored: decoding and re-encoding could change the tokens. Batches are
-    left-padded, so every response ends at the last position and its log-probs are the last len(response) ones.
+    The responses' own token ids are scored: decoding and re-encoding could change the tokens. A causal model reads
+    each prompt and response as one sequence; an encoder-decoder reads the prompt in its encoder.
     """
     device = next(model.parameters()).device
     scored = [torch.zeros(0) for _ in responses]
     pending = [i for i, response in enumerate(responses) if len(response)]
     for start in range(0, len(pending), batch_size):
         rows = pending[start : start + batch_size]
-        sequences = [
-            torch.cat([tokenizer(prompts[i], return_tensors="pt")["input_ids"][0], responses[i].cpu()]) for i in rows
-        ]
-        width, longest = max(map(len, sequences)), max(len(responses[i]) for i in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(ids)
-        for k, sequence in enumerate(sequences):
-            ids[k, width - len(sequence) :], attention_mask[k, width - len(sequence) :] = sequence, 1
-        ids, attention_mask = ids.to(device), attention_mask.to(device)
-        logits = model(
-            input_ids=ids,
-            attention_mask=attention_mask,
-            position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
-            logits_to_keep=predicting_positions(ids, longest),
-        ).logits
-        logprobs = logprobs_of_labels(logits / temperature, ids[:, -longest:]).float().cpu()
+        prompt_ids = [tokenizer(prompts[i], return_tensors="pt")["input_ids"][0] for i in rows]
+        answers = [responses[i].cpu() for i in rows]
+        longest = max(map(len, answers))
+        if model.config.is_encoder_decoder:  # prompts to the encoder, responses to the decoder, both right-padded
+            ids, attention_mask = _padded(prompt_ids, tokenizer.pad_token_id, left=False)
+            response_ids, _ = _padded(answers, tokenizer.pad_token_id, left=False)
+        else:  # one left-padded sequence: every response ends at the last position
+            ids, attention_mask = _padded(
+                [torch.cat([p, a]) for p, a in zip(prompt_ids, answers, strict=True)], tokenizer.pad_token_id, left=True
+            )
+            response_ids = ids[:, -longest:]
+        logits = response_logits(model, ids.to(device), attention_mask.to(device), response_ids.to(device))
+        logprobs = logprobs_of_labels(logits / temperature, response_ids.to(device)).float().cpu()
         for k, i in enumerate(rows):
-            scored[i] = logprobs[k, longest - len(responses[i]) :]
+            n = len(responses[i])
+            scored[i] = logprobs[k, :n] if model.config.is_encoder_decoder else logprobs[k, longest - n :]
     return scored
+
+
+def _padded(sequences: list[torch.Tensor], pad_token_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack 1-D id tensors into [N, longest] ids and attention mask, padded on the left or the right."""
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(ids)
+    for k, sequence in enumerate(sequences):
+        span = slice(width - len(sequence), width) if left else slice(0, len(sequence))
+        ids[k, span], attention_mask[k, span] = sequence, 1
+    return ids, attention_mask

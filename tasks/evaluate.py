@@ -19,7 +19,7 @@ from rlhf_lib.data.sources import load_rows
 from rlhf_lib.evaluation import distinct_n, paired_bootstrap_interval, win_rate
 from rlhf_lib.generation import generate_episodes, generate_responses, perplexity, sequence_kl
 from rlhf_lib.io import atomic_write_json
-from rlhf_lib.models.loading import load_causal_lm, load_tokenizer
+from rlhf_lib.models.loading import load_language_model, load_tokenizer
 from rlhf_lib.rewards import checked_scores
 from tasks.environment import build_environment
 from tasks.params import DATA_DIR, MODELS_DIR, REPORTS_DIR, PipelineParams
@@ -39,7 +39,7 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
     rows = rows.select(range(min(cfg.num_prompts, len(rows))))
     prompts = [prompt_text(row, tokenizer) for row in rows]
     references = list(rows["reference"]) if "reference" in rows.column_names else None
-    sft_model, ppo_model = load_causal_lm(sft_cfg).eval(), load_causal_lm(ppo_cfg).eval()
+    sft_model, ppo_model = load_language_model(sft_cfg).eval(), load_language_model(ppo_cfg).eval()
     models = {"sft": sft_model, "ppo": ppo_model}
     environment = build_environment(params.environment)
     texts, ids, masks = {}, {}, {}

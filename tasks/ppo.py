@@ -15,8 +15,8 @@ from rlhf_lib.config import DataConfig, ModelConfig
 from rlhf_lib.data.formats import prompt_text
 from rlhf_lib.data.sources import load_rows
 from rlhf_lib.io import atomic_write_text
-from rlhf_lib.models.loading import load_causal_lm, load_tokenizer, require_fits_context
-from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
+from rlhf_lib.models.loading import load_language_model, load_tokenizer, require_fits_context
+from rlhf_lib.models.value_head import with_value_head
 from rlhf_lib.ppo.trainer import PPOTrainer
 from rlhf_lib.rewards import RewardFunction
 from tasks.environment import build_environment, environment_files
@@ -78,7 +78,7 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     )
     require_fits_context(policy_cfg, cfg.max_prompt_length + response_tokens, response_key)
     tokenizer = load_tokenizer(policy_cfg)
-    model = AutoModelForCausalLMWithValueHead(load_causal_lm(policy_cfg))
+    model = with_value_head(load_language_model(policy_cfg))
     prompts = [prompt_text(row, tokenizer) for row in load_rows(DataConfig(source=str(data)))]
     reward = build_reward(params)
     probe_reward(reward, prompts)

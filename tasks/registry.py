@@ -68,14 +68,28 @@ def log_model(model_dir: Path, artifact_name: str, registered_name: str, task: s
     return the new version.
 
     The policy is logged in bf16, what serving it needs: half the bytes of the fp32 training copy
-    (SmolLM2-135M: 270 MB instead of 540 MB per registered version).
+    (SmolLM2-135M: 270 MB instead of 540 MB per registered version). An encoder-decoder policy is logged under
+    "text-generation" too: transformers 5 dropped the text2text-generation pipeline, MLflow 3.17 refuses that
+    task, and transformers' text-generation pipeline runs encoder-decoders; `mlflow.transformers.load_model`
+    gives the seq2seq class back.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     # Components, not the folder path: MLflow 3.17's path logging breaks on transformers 5's task table.
     generator = task == "text-generation"
-    model_class = AutoModelForCausalLM if generator else AutoModelForSequenceClassification
+    if not generator:
+        model_class = AutoModelForSequenceClassification
+    elif AutoConfig.from_pretrained(model_dir).is_encoder_decoder:
+        model_class = AutoModelForSeq2SeqLM
+    else:
+        model_class = AutoModelForCausalLM
     dtype = torch.bfloat16 if generator else torch.float32
     components = {
         "model": model_class.from_pretrained(model_dir, use_safetensors=True, dtype=dtype),

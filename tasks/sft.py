@@ -5,7 +5,7 @@ from __future__ import annotations
 from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import DataConfig
 from rlhf_lib.data.sources import load_rows, split_train_eval
-from rlhf_lib.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from rlhf_lib.models.loading import load_language_model, load_tokenizer, resolve_model_path
 from rlhf_lib.sft_trainer import SFTTrainer
 from tasks.params import DATA_DIR, MODELS_DIR, PipelineParams
 from tasks.training import fit_and_save, stage_config
@@ -20,7 +20,7 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     train, held_out = split_train_eval(rows, HELD_OUT_FRACTION, cfg.seed)
     resolve_model_path(params.policy)  # converts a GGUF base once, before the tokenizer needs it
     tokenizer = load_tokenizer(params.policy, padding_side="right")
-    trainer = SFTTrainer(load_causal_lm(params.policy), tokenizer, cfg, train, held_out, metrics_sink=sink)
+    trainer = SFTTrainer(load_language_model(params.policy), tokenizer, cfg, train, held_out, metrics_sink=sink)
     before = trainer.evaluate()["eval_loss"]
     evaluation, resumed_from = fit_and_save(trainer, tokenizer, MODELS_DIR / "sft")
     return {

@@ -75,6 +75,19 @@ def tokenize_sft(
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels[:max_length]}
 
 
+def tokenize_seq2seq_sft(
+    example: dict[str, Any], fmt: str, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> dict[str, list[int]]:
+    """Encoder input (the prompt, with the tokenizer's own special tokens, as generation reads it) and decoder
+    labels (the completion and EOS), each cut to `max_length`."""
+    if fmt == "text":
+        raise ValueError("an encoder-decoder policy trains on prompt/completion or messages rows, not plain text")
+    prompt, completion = prompt_and_completion(example, fmt, tokenizer)
+    input_ids = tokenizer(prompt, truncation=True, max_length=max_length)["input_ids"]
+    labels = tokenizer(completion, add_special_tokens=False)["input_ids"][:max_length]
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+
 def pack_blocks(batch: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
     """Concatenate examples and cut them into full blocks of `block_size` (no padding at all)."""
     packed: dict[str, list[list[int]]] = {}

@@ -32,10 +32,19 @@ def recording_last_hidden_states(model: PreTrainedModel) -> Iterator[list[torch.
     During generation that is one [B, H] tensor per new token, the state the value head reads, without
     asking generate for every layer's hidden states.
     """
+    with recording_lm_head_inputs(model, last_position_only=True) as recorded:
+        yield recorded
+
+
+@contextmanager
+def recording_lm_head_inputs(model: PreTrainedModel, last_position_only: bool = False) -> Iterator[list[torch.Tensor]]:
+    """Within the block, collect the LM head's input [B, T, H] at each call (or its last position, [B, H])."""
     recorded: list[torch.Tensor] = []
-    handle = model.get_output_embeddings().register_forward_pre_hook(
-        lambda module, args: recorded.append(args[0][:, -1])
-    )
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        recorded.append(args[0][:, -1] if last_position_only else args[0])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(record)
     try:
         yield recorded
     finally:

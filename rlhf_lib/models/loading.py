@@ -19,6 +19,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
 TINY_PREFIX = "tiny:"
-TINY_KINDS = ("causal-lm", "reward-backbone")
+BUILD_PREFIX = "build:"
+TINY_KINDS = ("causal-lm", "seq2seq-lm", "reward-backbone")
 
 
 class ModelSourceError(FileNotFoundError):
@@ -45,6 +47,8 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     source = cfg.name_or_path
     if source.startswith(TINY_PREFIX):
         return str(_tiny_model_dir(source[len(TINY_PREFIX) :], cfg.converted_dir))
+    if source.startswith(BUILD_PREFIX):
+        return str(_built_model_dir(source[len(BUILD_PREFIX) :], cfg.converted_dir))
     if source.startswith(PACKAGE_PREFIX):
         source = str(_package_model_dir(source[len(PACKAGE_PREFIX) :], needs_config=cfg.gguf_file is None))
     if cfg.gguf_file is None:
@@ -80,8 +84,25 @@ def _tiny_model_dir(kind: str, converted_dir: str | None) -> Path:
         raise ModelSourceError(f"model.name_or_path: unknown tiny model {kind!r}; choose from {TINY_KINDS}")
     target = Path(converted_dir or cache_root() / f"tiny-{kind}")
     if not (target / "config.json").is_file():
-        build = tiny.save_tiny_causal_lm if kind == "causal-lm" else tiny.save_tiny_reward_backbone
-        _write_atomically(target, build)
+        builders = {
+            "causal-lm": tiny.save_tiny_causal_lm,
+            "seq2seq-lm": tiny.save_tiny_seq2seq_lm,
+            "reward-backbone": tiny.save_tiny_reward_backbone,
+        }
+        _write_atomically(target, builders[kind])
+    return target
+
+
+def _built_model_dir(spec: str, converted_dir: str | None) -> Path:
+    """Call `module:function(folder)` once to write a model built from a config (a model trained from scratch)."""
+    if converted_dir is None:
+        raise ConfigError(f"model.converted_dir: `build:{spec}` needs a folder to build the model into")
+    target = Path(converted_dir)
+    if not (target / "config.json").is_file():
+        from rlhf_lib.rewards import import_callable
+
+        logger.info("building %s into %s (once; delete the folder to rebuild)", spec, target)
+        _write_atomically(target, import_callable(spec, "model.name_or_path"))
     return target
 
 
@@ -153,6 +174,26 @@ def load_causal_lm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreT
     )
     make_lm_head_input_contiguous(model)
     return apply_lora(model, cfg, task_type="CAUSAL_LM")
+
+
+def load_seq2seq_lm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load an encoder-decoder LM (T5, BART, ...) from safetensors; wrap it with a LoRA adapter when `cfg.lora` is set."""
+    model = AutoModelForSeq2SeqLM.from_pretrained(
+        resolve_model_path(cfg), dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
+    )
+    make_lm_head_input_contiguous(model)
+    return apply_lora(model, cfg, task_type="SEQ_2_SEQ_LM")
+
+
+def is_encoder_decoder(cfg: ModelConfig) -> bool:
+    """Whether the model is an encoder-decoder, from its config alone (no weights are read)."""
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg), trust_remote_code=cfg.trust_remote_code)
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def load_language_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """The policy of either kind: `load_seq2seq_lm` for an encoder-decoder config, else `load_causal_lm`."""
+    return (load_seq2seq_lm if is_encoder_decoder(cfg) else load_causal_lm)(cfg, dtype)
 
 
 def load_encoder(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:

@@ -16,6 +16,8 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 EOS = "<|im_end|>"
@@ -32,18 +34,21 @@ _DEFAULT_CORPUS = [
 ]
 
 
-def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (round-trips any text) with ChatML special tokens and template."""
+def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 400, pad_token: str = EOS) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (round-trips any text) with ChatML special tokens and template.
+
+    It pads with EOS unless `pad_token` names another token (an encoder-decoder starts decoding from its pad).
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS, "<|im_start|>"],
+        special_tokens=list(dict.fromkeys([pad_token, EOS, "<|im_start|>"])),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(corpus, trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=pad_token)
     wrapped.chat_template = CHATML_TEMPLATE
     return wrapped
 
@@ -82,6 +87,27 @@ def save_tiny_causal_lm(path: str | Path, corpus: Iterable[str] = _DEFAULT_CORPU
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
+
+
+def save_tiny_seq2seq_lm(path: str | Path, corpus: Iterable[str] = _DEFAULT_CORPUS, seed: int = 0) -> Path:
+    """A T5 (2 encoder and 2 decoder layers, d_model 64) with a BPE tokenizer that pads with `<pad>`."""
+    tokenizer = build_bpe_tokenizer(corpus, pad_token="<pad>")
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=64,
+        d_ff=128,
+        d_kv=16,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=2,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return Path(path)
 

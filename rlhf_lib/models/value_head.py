@@ -1,7 +1,7 @@
 """Language models with a scalar value head on the same trunk: one forward gives logits and values.
 
-The head and the save/load logic are independent of the trunk's kind, so a seq2seq twin only has
-to say how it gets its last hidden states (`_trunk_forward`).
+The head and the save/load logic are independent of the trunk's kind; the causal and the encoder-decoder
+(seq2seq) classes differ only in their forward. In both, the value head reads what the LM head reads.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from rlhf_lib.io import atomic_dir
 from rlhf_lib.models.adapters import adapters_off
-from rlhf_lib.models.lm_head import make_lm_head_input_contiguous
+from rlhf_lib.models.lm_head import make_lm_head_input_contiguous, recording_lm_head_inputs
 
 VALUE_HEAD_WEIGHTS = "value_head.safetensors"
 VALUE_HEAD_CONFIG = "value_head_config.json"
@@ -38,10 +38,12 @@ class ValueHead(nn.Module):
         return self.summary(self.dropout(hidden_states.to(self.summary.weight.dtype))).squeeze(-1)
 
 
-class _ModelWithValueHead(nn.Module):
+class ModelWithValueHead(nn.Module):
     """Shared machinery: holds a (possibly peft-wrapped) pretrained model and a value head."""
 
     auto_class: type = AutoModelForCausalLM
+    peft_auto_class_name = "AutoPeftModelForCausalLM"
+    is_encoder_decoder = False
 
     def __init__(self, pretrained_model: PreTrainedModel, value_head: ValueHead | None = None) -> None:
         super().__init__()
@@ -79,13 +81,13 @@ class _ModelWithValueHead(nn.Module):
     @classmethod
     def from_pretrained(
         cls, path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, **kwargs
-    ) -> _ModelWithValueHead:
+    ) -> ModelWithValueHead:
         """Load a folder written by `save_pretrained`, or a plain model folder (fresh value head)."""
         path = Path(path)
         if (path / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
+            import peft
 
-            trunk = AutoPeftModelForCausalLM.from_pretrained(
+            trunk = getattr(peft, cls.peft_auto_class_name).from_pretrained(
                 path, dtype=dtype, is_trainable=True, trust_remote_code=trust_remote_code, **kwargs
             )
         else:
@@ -97,24 +99,15 @@ class _ModelWithValueHead(nn.Module):
             model.v_head.load_state_dict(load_file(path / VALUE_HEAD_WEIGHTS))
         return model
 
-    def _trunk_forward(
-        self, input_ids, attention_mask, logits_to_keep: int | torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+
+class AutoModelForCausalLMWithValueHead(ModelWithValueHead):
+    """A causal LM plus a per-token scalar value computed from the trunk's final hidden states."""
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int | torch.Tensor = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (logits, values) at the last `logits_to_keep` positions (0 keeps all), or at the positions
         a 1-D index tensor names."""
-        logits, hidden = self._trunk_forward(input_ids, attention_mask, logits_to_keep)
-        return logits, self.v_head(hidden)
-
-
-class AutoModelForCausalLMWithValueHead(_ModelWithValueHead):
-    """A causal LM plus a per-token scalar value computed from the trunk's final hidden states."""
-
-    def _trunk_forward(self, input_ids, attention_mask, logits_to_keep):
         # Positions are counted from the first real token so left padding does not shift them.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.pretrained_model(
@@ -130,4 +123,33 @@ class AutoModelForCausalLMWithValueHead(_ModelWithValueHead):
             hidden = hidden[:, logits_to_keep]
         elif logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return out.logits, hidden
+        return out.logits, self.v_head(hidden)
+
+
+class AutoModelForSeq2SeqLMWithValueHead(ModelWithValueHead):
+    """An encoder-decoder LM (T5, BART, ...) plus a scalar value at every decoder position."""
+
+    auto_class = AutoModelForSeq2SeqLM
+    peft_auto_class_name = "AutoPeftModelForSeq2SeqLM"
+    is_encoder_decoder = True
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt goes to the encoder; return (logits, values) at each decoder position."""
+        # The head's input rather than the decoder's hidden states: T5 rescales them before a tied head, and
+        # generation records the head's input (`recording_last_hidden_states`), so both paths read one tensor.
+        with recording_lm_head_inputs(self.pretrained_model) as head_inputs:
+            out = self.pretrained_model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                decoder_input_ids=decoder_input_ids,
+                use_cache=False,
+            )
+        return out.logits, self.v_head(head_inputs[-1])
+
+
+def with_value_head(trunk: PreTrainedModel) -> ModelWithValueHead:
+    """Wrap a (possibly peft) causal or encoder-decoder LM in the value-head class of its kind."""
+    seq2seq = getattr(trunk.config, "is_encoder_decoder", False)
+    return (AutoModelForSeq2SeqLMWithValueHead if seq2seq else AutoModelForCausalLMWithValueHead)(trunk)

@@ -1,4 +1,9 @@
-"""Rollouts: sample responses, score them, and record log-probs, reference log-probs and values."""
+"""Rollouts: sample responses, score them, and record log-probs, reference log-probs and values.
+
+Causal policies read the prompt and the response as one left-padded sequence; encoder-decoders read the prompt in
+the encoder and the response in the decoder. Both give log-probs and values in one [B, R] layout, so everything
+after the rollout (`ppo/core.py`) is the same for either kind.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lib.models.decoding import fast_sampling
 from rlhf_lib.models.lm_head import recording_last_hidden_states
-from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
+from rlhf_lib.models.value_head import ModelWithValueHead
 from rlhf_lib.ppo.core import logprobs_of_labels
 from rlhf_lib.sampling import Sampling
 
@@ -20,9 +25,13 @@ class Rollout:
     """One batch of episodes; response-aligned tensors are [B, R]."""
 
     input_ids: torch.Tensor
-    """Left-padded prompt followed by the response (and padding after EOS): [B, P + R]."""
+    """Causal: the left-padded prompt followed by the response (and padding after EOS), [B, P + R].
+    Encoder-decoder: the right-padded prompt the encoder reads, [B, P]."""
     attention_mask: torch.Tensor
-    """Prompt padding is 0; every response position is 1 (padding after EOS is masked via `mask`)."""
+    """Mask of `input_ids`: prompt padding is 0, every response position 1 (padding after EOS is masked via
+    `mask`)."""
+    response_ids: torch.Tensor
+    """The sampled responses, [B, R] (for a causal policy, a view of the end of `input_ids`)."""
     mask: torch.Tensor
     """1 on response tokens up to and including the first EOS."""
     logprobs: torch.Tensor
@@ -42,46 +51,69 @@ class Rollout:
         return self.mask.shape[1]
 
 
+@dataclass
+class Sampled:
+    """What `sample_responses` returns, laid out as in `Rollout`."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_ids: torch.Tensor
+    recorded: tuple[torch.Tensor, torch.Tensor] | None
+    """(log-probs, values) of the sampled tokens read off generation, when asked for."""
+
+
 def sample_responses(
-    model: AutoModelForCausalLMWithValueHead,
+    model: ModelWithValueHead,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     max_prompt_length: int,
     sampling: Sampling,
     record_policy: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, int, tuple[torch.Tensor, torch.Tensor] | None]:
-    """Generate with the KV cache; returns (prompt+response ids, attention mask, prompt width, recorded).
+) -> Sampled:
+    """Generate with the KV cache.
 
     With `record_policy`, `recorded` is the (log-probs, values) of the sampled tokens, read off the
-    generation's own forward passes (raw logits / temperature; the value head on the final hidden state):
+    generation's own forward passes (raw logits / temperature; the value head on the LM head's input):
     the same numbers `response_logprobs_and_values` computes, without another forward of the policy.
     """
     device = next(model.parameters()).device
     tokenizer.truncation_side = "left"  # keep the end of a long prompt, next to the response
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length).to(
-        device
-    )
+    # Left padding puts every causal prompt's end next to its response; an encoder reads its prompt from
+    # position 0, as it was trained (BART's positions are absolute).
+    encoded = tokenizer(
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_prompt_length,
+        padding_side="right" if model.is_encoder_decoder else "left",
+    ).to(device)
     recording = recording_last_hidden_states(model.pretrained_model) if record_policy else nullcontext()
     with fast_sampling(model.pretrained_model), recording as hidden:
         output = model.generate(
             **encoded, **sampling.generate_kwargs(return_dict_in_generate=True, output_logits=record_policy)
         )
-    prompt_width = encoded["input_ids"].shape[1]
-    response_width = output.sequences.shape[1] - prompt_width
-    attention_mask = torch.cat(
-        [encoded["attention_mask"], torch.ones(len(prompts), response_width, dtype=torch.long, device=device)], 1
-    )
+    if model.is_encoder_decoder:  # the decoder's output opens with its start token
+        input_ids, attention_mask, response_ids = (
+            encoded["input_ids"],
+            encoded["attention_mask"],
+            output.sequences[:, 1:],
+        )
+    else:
+        input_ids, prompt_width = output.sequences, encoded["input_ids"].shape[1]
+        response_ids = input_ids[:, prompt_width:]
+        filled = torch.ones_like(response_ids)
+        attention_mask = torch.cat([encoded["attention_mask"], filled], 1)
     recorded = None
     if record_policy:
-        if not len(output.logits) == len(hidden) == response_width:
+        width = response_ids.shape[1]
+        if not len(output.logits) == len(hidden) == width:
             raise RuntimeError(
-                f"generation recorded {len(output.logits)} logits and {len(hidden)} hidden states "
-                f"for {response_width} tokens"
+                f"generation recorded {len(output.logits)} logits and {len(hidden)} hidden states for {width} tokens"
             )
         logits = at_temperature(torch.stack(output.logits, 1), sampling.temperature)
-        logprobs = logprobs_of_labels(logits, output.sequences[:, prompt_width:])
-        recorded = logprobs, model.v_head(torch.stack(hidden, 1))
-    return output.sequences, attention_mask, prompt_width, recorded
+        recorded = logprobs_of_labels(logits, response_ids), model.v_head(torch.stack(hidden, 1))
+    return Sampled(input_ids, attention_mask, response_ids, recorded)
 
 
 def at_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -90,17 +122,21 @@ def at_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def response_logprobs_and_values(
-    model: AutoModelForCausalLMWithValueHead,
+    model: ModelWithValueHead,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    response_width: int,
+    response_ids: torch.Tensor,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward of the shared trunk: (log-probs, values, logits) at the response positions."""
-    logits, values = model(input_ids, attention_mask, logits_to_keep=predicting_positions(input_ids, response_width))
+    if model.is_encoder_decoder:
+        logits, values = model(input_ids, attention_mask, decoder_inputs(model.config, response_ids))
+    else:
+        logits, values = model(
+            input_ids, attention_mask, logits_to_keep=predicting_positions(input_ids, response_ids.shape[1])
+        )
     logits = at_temperature(logits, temperature)
-    responses = input_ids[:, -response_width:]
-    return logprobs_of_labels(logits, responses), values, logits
+    return logprobs_of_labels(logits, response_ids), values, logits
 
 
 def predicting_positions(input_ids: torch.Tensor, response_width: int) -> torch.Tensor:
@@ -113,24 +149,41 @@ def predicting_positions(input_ids: torch.Tensor, response_width: int) -> torch.
     return torch.arange(width - response_width - 1, width - 1, device=input_ids.device)
 
 
+def decoder_inputs(config, response_ids: torch.Tensor) -> torch.Tensor:
+    """Teacher forcing: the decoder reads its start token then the response but its last token."""
+    start = torch.full_like(response_ids[:, :1], config.decoder_start_token_id)
+    return torch.cat([start, response_ids[:, :-1]], 1)
+
+
+def response_logits(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor
+) -> torch.Tensor:
+    """Logits of a plain LM (either kind, laid out as in `Rollout`) at the positions predicting each response token."""
+    if model.config.is_encoder_decoder:
+        decoder_input_ids = decoder_inputs(model.config, response_ids)
+        return model(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False
+        ).logits
+    return model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+        logits_to_keep=predicting_positions(input_ids, response_ids.shape[1]),
+        use_cache=False,
+    ).logits
+
+
 def reference_logprobs(
-    policy: AutoModelForCausalLMWithValueHead,
+    policy: ModelWithValueHead,
     ref_model: PreTrainedModel | None,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    response_width: int,
+    response_ids: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
     """Log-probs under the frozen reference: the LoRA policy with adapters off, or a separate copy."""
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     context = policy.reference_mode() if ref_model is None else nullcontext()
     model = policy.pretrained_model if ref_model is None else ref_model
     with context:
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            logits_to_keep=predicting_positions(input_ids, response_width),
-            use_cache=False,
-        ).logits
-    return logprobs_of_labels(at_temperature(logits, temperature), input_ids[:, -response_width:])
+        logits = response_logits(model, input_ids, attention_mask, response_ids)
+    return logprobs_of_labels(at_temperature(logits, temperature), response_ids)

@@ -22,7 +22,7 @@ from rlhf_lib.allocator import keep_freed_memory
 from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import PPOConfig
 from rlhf_lib.errors import NonFiniteError
-from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
+from rlhf_lib.models.value_head import ModelWithValueHead
 from rlhf_lib.ppo.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from rlhf_lib.ppo.core import (
     clipped_policy_loss,
@@ -66,14 +66,15 @@ def _accelerator(bf16: bool) -> Accelerator:
 class PPOTrainer:
     """Optimises a policy with a value head against a reward function, with KL to the reference.
 
-    With a LoRA policy the reference is the same base with adapters disabled (one copy of the
+    The policy is causal or an encoder-decoder (`AutoModelForSeq2SeqLMWithValueHead`): the rollout follows its
+    kind, and everything after it is shared. With a LoRA policy the reference is the same base with adapters disabled (one copy of the
     weights); otherwise a frozen copy of the policy at construction time is used.
     """
 
     def __init__(
         self,
         config: PPOConfig,
-        model: AutoModelForCausalLMWithValueHead,
+        model: ModelWithValueHead,
         tokenizer: PreTrainedTokenizerBase,
         prompts: list[str],
         reward_fn: RewardFunction,
@@ -87,6 +88,8 @@ class PPOTrainer:
             raise ValueError("PPO needs at least one prompt")
         if config.eval_steps and not eval_prompts:
             raise ValueError("eval_steps is set, but the trainer has no eval_prompts to evaluate on")
+        if environment is not None and model.is_encoder_decoder:
+            raise ValueError("tool-use episodes (environment) need a causal policy; this one is an encoder-decoder")
         self.config = config
         self.eval_prompts = eval_prompts or []
         self.judges = judges or {}
@@ -131,7 +134,7 @@ class PPOTrainer:
         self.skipped_batches = 0
 
     @property
-    def policy(self) -> AutoModelForCausalLMWithValueHead:
+    def policy(self) -> ModelWithValueHead:
         return self.accelerator.unwrap_model(self.model)
 
     def autocast(self) -> torch.autocast:
@@ -160,7 +163,7 @@ class PPOTrainer:
         # Autocast speeds up sampling from fp32 weights (full fine-tuning: 1.55 s vs 1.93 s a batch in the PPO
         # benchmark); a LoRA policy's base is bf16 already and autocast only adds casts (2.07 s vs 1.83 s).
         with nullcontext() if self.policy.is_peft else self.autocast():
-            input_ids, attention_mask, prompt_width, recorded = sample_responses(
+            sampled = sample_responses(
                 self.policy,
                 tokenizer,
                 prompts,
@@ -168,13 +171,15 @@ class PPOTrainer:
                 self.sampling,
                 record_policy=cfg.logprobs_from_generation,
             )
-        responses = input_ids[:, prompt_width:]
+        responses = sampled.response_ids
         mask = response_mask_until_eos(responses, tokenizer.eos_token_id)
         contains_eos = (responses == tokenizer.eos_token_id).any(1)
         texts = tokenizer.batch_decode(
             [row[: int(n)] for row, n in zip(responses, mask.sum(1), strict=True)], skip_special_tokens=True
         )
-        return self._scored_rollout(prompts, input_ids, attention_mask, mask, contains_eos, texts, recorded)
+        return self._scored_rollout(
+            prompts, sampled.input_ids, sampled.attention_mask, responses, mask, contains_eos, texts, sampled.recorded
+        )
 
     def _environment_rollout(self, prompts: list[str]) -> Rollout:
         """Episodes with tool calls: log-probs and values come from one forward over the kept token ids."""
@@ -183,10 +188,12 @@ class PPOTrainer:
                 self.policy, self.tokenizer, prompts, self.sampling, self.config.max_prompt_length
             )
         device = self.accelerator.device
+        input_ids = env.input_ids.to(device)
         rollout = self._scored_rollout(
             prompts,
-            env.input_ids.to(device),
+            input_ids,
             env.attention_mask.to(device),
+            input_ids[:, env.prompt_width :],
             env.action_mask.to(device),
             env.contains_eos.to(device),
             env.texts,
@@ -200,6 +207,7 @@ class PPOTrainer:
         prompts: list[str],
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
+        response_ids: torch.Tensor,
         mask: torch.Tensor,
         contains_eos: torch.Tensor,
         texts: list[str],
@@ -207,7 +215,6 @@ class PPOTrainer:
     ) -> Rollout:
         """Score the responses, and add log-probs, values and reference log-probs at the response positions."""
         cfg = self.config
-        width = mask.shape[1]
         raw_scores = self.reward_fn(prompts, texts)
         scores = torch.tensor(raw_scores, dtype=torch.float32, device=input_ids.device)
         if scores.shape != (len(prompts),):
@@ -218,17 +225,18 @@ class PPOTrainer:
             scores = scores - cfg.missing_eos_penalty * (~contains_eos).float()
         if recorded is None:
             logprobs, values, _ = response_logprobs_and_values(
-                self.model, input_ids, attention_mask, width, cfg.temperature
+                self.model, input_ids, attention_mask, response_ids, cfg.temperature
             )
         else:
             logprobs, values = recorded
         with self.autocast():
             ref_logprobs = reference_logprobs(
-                self.policy, self.ref_model, input_ids, attention_mask, width, cfg.temperature
+                self.policy, self.ref_model, input_ids, attention_mask, response_ids, cfg.temperature
             )
         return Rollout(
             input_ids,
             attention_mask,
+            response_ids,
             mask,
             logprobs.float(),
             ref_logprobs.float(),
@@ -287,7 +295,7 @@ class PPOTrainer:
         """One clipped update on a minibatch; None (and no weight change) if its loss or gradient was non-finite."""
         cfg, mask = self.config, batch.mask[index]
         logprobs, values, logits = response_logprobs_and_values(
-            self.model, batch.input_ids[index], batch.attention_mask[index], batch.response_length, cfg.temperature
+            self.model, batch.input_ids[index], batch.attention_mask[index], batch.response_ids[index], cfg.temperature
         )
         policy_loss, policy_stats = clipped_policy_loss(
             logprobs.float(), batch.logprobs[index], advantages[index], mask, cfg.cliprange
@@ -414,5 +422,5 @@ class PPOTrainer:
         if policy.is_peft:
             # Merge in fp32: a small LoRA update added to bf16 base weights would round away.
             trunk = copy.deepcopy(policy.pretrained_model).float().merge_and_unload()
-            policy = AutoModelForCausalLMWithValueHead(trunk, policy.v_head)
+            policy = type(policy)(trunk, policy.v_head)
         policy.save_pretrained(path, tokenizer=self.tokenizer)

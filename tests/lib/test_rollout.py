@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rlhf_lib.config import LoraSettings, ModelConfig
-from rlhf_lib.models.loading import load_causal_lm, load_tokenizer
-from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
+from rlhf_lib.models.loading import load_causal_lm, load_language_model, load_tokenizer
+from rlhf_lib.models.value_head import with_value_head
 from rlhf_lib.ppo.core import response_mask_until_eos
 from rlhf_lib.ppo.rollout import response_logprobs_and_values, sample_responses
 from rlhf_lib.sampling import Sampling
@@ -16,26 +16,27 @@ from rlhf_lib.sampling import Sampling
 PROMPTS = ["the movie was", "i loved this story , it", "a terrible"]
 
 
+@pytest.mark.parametrize("kind", ["causal", "t5", "bart"])
 @pytest.mark.parametrize("lora", [None, LoraSettings(r=4, alpha=8)], ids=["full", "lora"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_logprobs_and_values_recorded_during_generation_match_a_full_forward(tiny_lm_dir, lora, temperature):
-    cfg = ModelConfig(name_or_path=tiny_lm_dir, lora=lora)
+def test_logprobs_and_values_recorded_during_generation_match_a_full_forward(request, kind, lora, temperature):
+    model_dir = request.getfixturevalue({"causal": "tiny_lm_dir", "t5": "tiny_t5_dir", "bart": "tiny_bart_dir"}[kind])
+    cfg = ModelConfig(name_or_path=model_dir, lora=lora)
     tokenizer = load_tokenizer(cfg)
     torch.manual_seed(0)
-    model = AutoModelForCausalLMWithValueHead(load_causal_lm(cfg)).eval()
+    model = with_value_head(load_language_model(cfg)).eval()
     with torch.no_grad():  # a non-trivial adapter and value head, so a mix-up of either would show
         for name, param in model.named_parameters():
             if "lora_B" in name or "v_head" in name:
                 param.add_(torch.randn_like(param) * 0.5)
     sampling = Sampling.create(temperature, 0, 1.0, 10, tokenizer.pad_token_id, tokenizer.eos_token_id)
     with torch.no_grad():
-        ids, attention_mask, prompt_width, recorded = sample_responses(
-            model, tokenizer, PROMPTS, 64, sampling, record_policy=True
+        sampled = sample_responses(model, tokenizer, PROMPTS, 64, sampling, record_policy=True)
+        logprobs, values, _ = response_logprobs_and_values(
+            model, sampled.input_ids, sampled.attention_mask, sampled.response_ids, temperature
         )
-        width = ids.shape[1] - prompt_width
-        logprobs, values, _ = response_logprobs_and_values(model, ids, attention_mask, width, temperature)
-    recorded_logprobs, recorded_values = recorded
-    mask = response_mask_until_eos(ids[:, prompt_width:], tokenizer.eos_token_id).bool()
+    recorded_logprobs, recorded_values = sampled.recorded
+    mask = response_mask_until_eos(sampled.response_ids, tokenizer.eos_token_id).bool()
     assert recorded_logprobs.shape == recorded_values.shape == mask.shape
     assert torch.allclose(recorded_logprobs[mask], logprobs[mask], atol=1e-4)
     assert torch.allclose(recorded_values[mask], values[mask], atol=1e-4)

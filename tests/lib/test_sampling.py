@@ -73,9 +73,7 @@ def test_ppo_samples_from_the_whole_vocabulary_when_top_k_is_0(tiny_lm_dir, tmp_
     ppo = PPOConfig(output_dir=str(tmp_path), batch_size=4, max_new_tokens=1, top_k=0)
     trainer = PPOTrainer(ppo, model, tokenizer, ["the movie was"], lambda prompts, responses: [0.0] * len(prompts))
     with torch.no_grad():
-        ids, _, prompt_width, _ = sample_responses(
-            trainer.policy, tokenizer, ["the movie was"] * 256, 16, trainer.sampling
-        )
-    first_tokens = ids[:, prompt_width]
+        sampled = sample_responses(trainer.policy, tokenizer, ["the movie was"] * 256, 16, trainer.sampling)
+    first_tokens = sampled.response_ids[:, 0]
     assert len(tokenizer) > 200
     assert first_tokens.unique().numel() > 80
