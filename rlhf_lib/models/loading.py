@@ -177,7 +177,7 @@ def load_causal_lm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreT
 
 
 def load_seq2seq_lm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """Load an encoder-decoder LM (T5, BART, ...) from safetensors; wrap it with a LoRA adapter when `cfg.lora` is set."""
+    """Load an encoder-decoder LM (T5, BART, ...) from safetensors; with LoRA when `cfg.lora` is set."""
     model = AutoModelForSeq2SeqLM.from_pretrained(
         resolve_model_path(cfg), dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
     )

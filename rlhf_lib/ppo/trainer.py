@@ -67,8 +67,8 @@ class PPOTrainer:
     """Optimises a policy with a value head against a reward function, with KL to the reference.
 
     The policy is causal or an encoder-decoder (`AutoModelForSeq2SeqLMWithValueHead`): the rollout follows its
-    kind, and everything after it is shared. With a LoRA policy the reference is the same base with adapters disabled (one copy of the
-    weights); otherwise a frozen copy of the policy at construction time is used.
+    kind, and everything after it is shared. With a LoRA policy the reference is the same base with adapters
+    disabled (one copy of the weights); otherwise a frozen copy of the policy at construction time is used.
     """
 
     def __init__(
