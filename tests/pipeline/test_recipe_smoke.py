@@ -1,7 +1,7 @@
-"""The detox, qa and calculator recipes end to end at smoke scale (tiny models, a few steps) with real DVC and
-MLflow: their data builders, function rewards (detox, calculator) and a trained one (qa), function and reference
-judges, tool-use episodes (calculator), fluency figures, and every MLflow run and registered version tagged with
-the recipe."""
+"""The detox, qa, calculator and seq2seq recipes end to end at smoke scale (tiny models, a few steps) with real DVC
+and MLflow: their data builders, function rewards (detox, calculator, seq2seq) and a trained one (qa), function and
+reference judges, tool-use episodes (calculator), an encoder-decoder policy (seq2seq), fluency figures, and every
+MLflow run and registered version tagged with the recipe."""
 
 from __future__ import annotations
 
@@ -19,15 +19,22 @@ SMALL_DATA = {  # detox prompts short enough for the tiny tokenizer, which spend
     "detox": {"sft_examples": 40, "preference_pairs": 20, "ppo_prompts": 16, "eval_prompts": 8, "prompt_max_words": 8},
     "qa": {"preference_pairs": 40, "ppo_prompts": 16, "eval_prompts": 8},
     "calculator": {"sft_examples": 40, "ppo_prompts": 16, "eval_prompts": 8},
+    "seq2seq": {"sft_examples": 40, "ppo_prompts": 16, "eval_prompts": 8},
 }
-JUDGES = {"detox": ["not_profane"], "qa": ["answer_similarity", "chrf"], "calculator": ["accuracy"]}
+JUDGES = {
+    "detox": ["not_profane"],
+    "qa": ["answer_similarity", "chrf"],
+    "calculator": ["accuracy"],
+    "seq2seq": ["exact", "chrf"],
+}
 
 
 def _reproduce(recipe: str, tmp_path) -> tuple:
     project = copy_project(tmp_path)
     params = yaml.safe_load((project / f"recipes/{recipe}/params.yaml").read_text())
     smoke = yaml.safe_load((project / "profiles/smoke.yaml").read_text())
-    params |= {section: smoke[section] for section in SMOKE_SECTIONS}
+    # seq2seq keeps its own policy: the recipe's T5 (0.9M parameters) is the encoder-decoder under test.
+    params |= {section: smoke[section] for section in SMOKE_SECTIONS if (recipe, section) != ("seq2seq", "policy")}
     params["prepare"] |= SMALL_DATA[recipe]
     params["ppo"]["max_prompt_length"] = 160  # chat prompts (qa, calculator), in the tiny tokenizer's many tokens
     if recipe == "calculator":  # its word problems, in the tiny tokenizer's tokens, fill the smoke SFT max_length
@@ -45,7 +52,7 @@ def _lines(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("recipe", ["detox", "qa", "calculator"])
+@pytest.mark.parametrize("recipe", ["detox", "qa", "calculator", "seq2seq"])
 def test_recipe_runs_end_to_end_and_tags_its_runs(recipe, tmp_path):
     from mlflow import MlflowClient
 
@@ -56,7 +63,8 @@ def test_recipe_runs_end_to_end_and_tags_its_runs(recipe, tmp_path):
 
     prepared = project / "data/prepared"
     manifest = json.loads((prepared / "manifest.json").read_text())
-    assert manifest["sft.jsonl"] == {"detox": "text", "qa": "messages", "calculator": "prompt_completion"}[recipe]
+    sft_format = {"detox": "text", "qa": "messages", "calculator": "prompt_completion", "seq2seq": "prompt_completion"}
+    assert manifest["sft.jsonl"] == sft_format[recipe]
     ppo_prompts, eval_rows = _lines(prepared / "ppo_prompts.jsonl"), _lines(prepared / "eval_prompts.jsonl")
     assert len(ppo_prompts) == 16 and len(eval_rows) == 8
     held_out = {json.dumps(row["prompt"]) for row in eval_rows}
@@ -93,6 +101,17 @@ def test_recipe_runs_end_to_end_and_tags_its_runs(recipe, tmp_path):
     assert {"sft", "ppo", "evaluate"} <= {r.data.tags.get("rlhf.stage") for r in runs}
     assert {r.data.tags["rlhf.recipe"] for r in runs} == {recipe}  # the parent run and every stage's
     assert client.get_model_version(f"{recipe}-smoke-policy", "1").tags["rlhf.recipe"] == recipe
+    if recipe == "seq2seq":  # the registered policy loads back as an encoder-decoder and answers in words
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        loaded = mlflow.transformers.load_model(f"models:/{recipe}-smoke-policy/1", return_type="components")
+        assert type(loaded["model"]).__name__ == "T5ForConditionalGeneration"
+        assert loaded["model"].config.is_encoder_decoder
+        encoded = loaded["tokenizer"](eval_rows[0]["prompt"], return_tensors="pt")
+        answer = loaded["model"].generate(**encoded, max_new_tokens=4, do_sample=False)
+        assert answer[0, 0].item() == loaded["model"].config.decoder_start_token_id
 
 
 def _runs(project, recipe: str) -> list:
