@@ -25,6 +25,7 @@ _EXPORTS = {
     "load_yaml": "rlhf_lib.config",
     "NonFiniteError": "rlhf_lib.errors",
     "AutoModelForCausalLMWithValueHead": "rlhf_lib.models.value_head",
+    "AutoModelForSeq2SeqLMWithValueHead": "rlhf_lib.models.value_head",
     "ClassifierScorer": "rlhf_lib.rewards",
     "RewardFunction": "rlhf_lib.rewards",
     "RewardModelScorer": "rlhf_lib.rewards",
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
         load_yaml,
     )
     from rlhf_lib.errors import NonFiniteError
-    from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
+    from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
     from rlhf_lib.ppo.trainer import PPOTrainer
     from rlhf_lib.reward_trainer import RewardTrainer
     from rlhf_lib.rewards import ClassifierScorer, RewardFunction, RewardModelScorer, RewardSource, WeightedReward
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AutoModelForCausalLMWithValueHead",
+    "AutoModelForSeq2SeqLMWithValueHead",
     "ClassifierScorer",
     "ConfigError",
     "DataConfig",

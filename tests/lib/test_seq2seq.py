@@ -109,7 +109,7 @@ def _share_of(tokenizer, words):
     return reward
 
 
-def test_rollout_masks_after_the_first_eos_and_scores_decoder_positions(tiny_t5_dir, tmp_path):
+def test_rollout_masks_after_the_first_eos_and_scores_decoder_positions(tiny_t5_dir, tmp_path, default_precision):
     trainer = _trainer(tiny_t5_dir, tmp_path, max_new_tokens=12)
     # Make EOS likely so that some responses end early and the rest run to the limit.
     with torch.no_grad():
@@ -162,7 +162,7 @@ def test_ppo_raises_a_simple_reward_with_bounded_kl_and_saves_a_seq2seq_model(ti
     assert reloaded.config.is_encoder_decoder and not hasattr(reloaded, "peft_config")
 
 
-def test_lora_policy_saves_merged_and_reference_is_the_base(tiny_t5_dir, tmp_path):
+def test_lora_policy_saves_merged_and_reference_is_the_base(tiny_t5_dir, tmp_path, default_precision):
     trainer = _trainer(tiny_t5_dir, tmp_path, lora=LoraSettings(r=4, alpha=8), total_steps=2, learning_rate=5e-2)
     assert trainer.ref_model is None  # the reference is the base with the adapter off: no second copy
     trainer.train()
@@ -176,7 +176,9 @@ def test_lora_policy_saves_merged_and_reference_is_the_base(tiny_t5_dir, tmp_pat
         merged, _, _ = response_logprobs_and_values(
             reloaded, batch.input_ids, batch.attention_mask, batch.response_ids, 1.0
         )
-    assert torch.allclose(merged[batch.mask.bool()], batch.logprobs[batch.mask.bool()], atol=1e-4)
+    # In bf16 the rollout's log-probs come from bf16 base weights under autocast; the merged fp32 model is exact.
+    tolerance = 1e-4 if default_precision == "fp32" else 0.1
+    assert torch.allclose(merged[batch.mask.bool()], batch.logprobs[batch.mask.bool()], atol=tolerance)
 
 
 def test_resume_gives_the_same_next_update(tiny_t5_dir, tmp_path):
