@@ -31,7 +31,8 @@ from prefect.states import Failed, State
 
 from rlhf_lib.config import ConfigError
 from rlhf_lib.io import atomic_write_bytes, atomic_write_text
-from tasks.cli import EXIT_BAD_INPUT, OFFLINE_ENV, STAGES, summary_table
+from tasks.cli import EXIT_BAD_INPUT, EXIT_BUSY, OFFLINE_ENV, STAGES, summary_table
+from tasks.lock import PipelineBusyError, pipeline_lock
 from tasks.params import params_from_text
 from tasks.tracking import PIPELINE_RUN_ENV
 
@@ -55,7 +56,7 @@ class StageFailed(RuntimeError):
 
 def _retry_helps(task_, task_run, state) -> bool:
     error = state.result(raise_on_failure=False)
-    return not (isinstance(error, StageFailed) and error.exit_code == EXIT_BAD_INPUT)
+    return not (isinstance(error, StageFailed) and error.exit_code in (EXIT_BAD_INPUT, EXIT_BUSY))
 
 
 def _stage_env() -> dict[str, str]:
@@ -200,6 +201,7 @@ def rlhf_pipeline(
     experiment: name of the DVC experiment that records the run (one of the same name is replaced);
         default: the flow run's name.
     params.yaml is left as it was: the run's params live in its experiment (`dvc exp apply <name>`).
+    One run at a time per project folder: a second fails at once, naming the lock (tasks/lock.py).
     """
     logger = get_run_logger()
     experiment = experiment or flow_run.name or "prefect-run"
@@ -212,10 +214,14 @@ def rlhf_pipeline(
         logger.error("invalid params, nothing was run or written:\n%s", err)
         return Failed(message=f"invalid params: {err}")
     outcome = {}
-    with params_for_this_run(text):
-        for stage in STAGES:  # sequential: each stage needs the one before, and 2 cores gain nothing from overlap
-            outcome[stage] = run_stage(stage)
-        save_experiment(experiment)
+    try:
+        with pipeline_lock(f"flow run {flow_run.name or experiment}"), params_for_this_run(text):
+            for stage in STAGES:  # sequential: each stage needs the one before; 2 cores gain nothing from overlap
+                outcome[stage] = run_stage(stage)
+            save_experiment(experiment)
+    except PipelineBusyError as err:
+        logger.error("nothing was run or written: %s", err)
+        return Failed(message=str(err))
     summary = summary_table()
     create_markdown_artifact(markdown=f"# SFT vs PPO\n\n{summary}\n", key="rlhf-evaluation")
     logger.info("evaluation summary:\n%s", summary)

@@ -23,6 +23,7 @@ STAGES = ["params", "prepare", "validate", "sft", "reward", "judge", "ppo", "eva
 # Exit codes the Prefect flow reads to decide whether a retry can help.
 EXIT_BAD_INPUT = 2  # invalid params or data: rerunning cannot fix it
 EXIT_SERVICE_DOWN = 3  # a service (the MLflow server) is unreachable: worth retrying
+EXIT_BUSY = 4  # another pipeline run holds the project's lock
 
 
 def _run_prepare(params, sink=None) -> dict[str, float]:
@@ -146,10 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     from rlhf_lib.config import ConfigError
     from rlhf_lib.rewards import RewardSourceError
     from tasks.errors import TrackingUnavailableError
+    from tasks.lock import PipelineBusyError, pipeline_lock
     from tasks.validate import DataValidationError
 
     try:
-        metrics = run_stage(args.name, args.params, tracking=not args.no_tracking)
+        with pipeline_lock(f"rlhf stage {args.name}"):
+            metrics = run_stage(args.name, args.params, tracking=not args.no_tracking)
         print(json.dumps(metrics, indent=2))
     except (ConfigError, DataValidationError, RewardSourceError) as err:  # the user's params, data or code
         print(f"error: {err}", file=sys.stderr)
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     except TrackingUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_SERVICE_DOWN) from None
+    except PipelineBusyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_BUSY) from None
 
 
 if __name__ == "__main__":
