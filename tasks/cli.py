@@ -83,6 +83,8 @@ def run_stage(name: str, params_path: Path, tracking: bool) -> dict[str, float]:
             metrics = function(params, sink)
             metrics[f"{name}/wall_seconds"] = time.perf_counter() - started
             sink(metrics, 0)
+            # Every point sent (waiting out an outage up to tracking.outage_wait_s) before the artifacts and models.
+            sink.close(params.tracking.outage_wait_s, name)
             log_stage_outputs(name, params, metrics)
     else:
         metrics = function(params)

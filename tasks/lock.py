@@ -18,6 +18,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from rlhf_lib.io import atomic_write_text
+
 LOCK_FILE = Path(".rlhf-pipeline.lock")
 HOLDER_FILE = Path(".rlhf-pipeline.holder.json")
 HELD_ENV = "RLHF_PIPELINE_LOCK_HELD"
@@ -44,7 +46,8 @@ def pipeline_lock(what: str, folder: Path = Path(".")) -> Iterator[None]:
             "in another clone of the project"
         ) from None
     holder = folder / HOLDER_FILE
-    holder.write_text(json.dumps({"pid": os.getpid(), "what": what, "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    atomic_write_text(holder, json.dumps({"pid": os.getpid(), "what": what, "since": since}))
     previous = os.environ.get(HELD_ENV)
     os.environ[HELD_ENV] = str(lock_path)
     try:

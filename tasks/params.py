@@ -81,6 +81,9 @@ class TrackingConfig(_Section):
     """Registered model name of the reward model."""
     fallback_to_local: bool = False
     """If the MLflow server in MLFLOW_TRACKING_URI is unreachable, log to sqlite:///mlflow.db instead of failing."""
+    outage_wait_s: float = Field(300.0, ge=0)
+    """How long the end of a stage waits for an MLflow server that went away during it (metric points logged
+    meanwhile are kept in memory) before the stage fails naming the server."""
     promotion_kl_budget: float = Field(5.0, gt=0)
     """Most KL(PPO || SFT) per response (nats) a candidate may have to become champion."""
     promotion_judge: str | None = None

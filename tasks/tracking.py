@@ -21,10 +21,12 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
 
 from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.precision import default_bf16
 from tasks import registry
+from tasks.buffered_sink import BufferedMetricsSink, is_outage
 from tasks.errors import TrackingUnavailableError
 from tasks.params import METRICS_DIR, MODELS_DIR, REPORTS_DIR, TRAINER_SECTIONS, PipelineParams
 
@@ -33,6 +35,9 @@ PIPELINE_RUN_ENV = "RLHF_PIPELINE_RUN_ID"
 PIPELINE_TAG = "rlhf.pipeline_run"
 ROLE_TAG = "rlhf.role"
 PROBE_TIMEOUT_SECONDS = 5.0
+# MLflow's client retries a failed request 7 times by default, about 4 minutes of backoff on every call during an
+# outage; 3 (about 12 s) keeps training moving, and BufferedMetricsSink keeps the points the retries do not save.
+HTTP_RETRIES = "3"
 # The figures a pipeline run is judged by, copied onto its parent run so the runs table compares pipelines.
 HEADLINE_METRICS = (
     "eval/ppo_judge_score",
@@ -67,6 +72,8 @@ def configure(experiment: str, fallback_to_local: bool = False) -> str:
                 "or set tracking.fallback_to_local: true to log to the local store"
             )
         uri = DEFAULT_TRACKING_URI
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES)
     mlflow.set_tracking_uri(uri)
     found = mlflow.set_experiment(experiment)
     if "mlflow.experimentKind" not in found.tags:  # open on the runs table, not MLflow's GenAI overview
@@ -157,8 +164,12 @@ def lineage_tags(stage: str) -> dict[str, str]:
 
 @contextmanager
 def stage_run(stage: str, params: PipelineParams, params_path: Path) -> Iterator[MetricsSink]:
-    """Open the stage's nested run under the pipeline's parent; yield a sink that logs metrics to it."""
-    configure(params.tracking.experiment, params.tracking.fallback_to_local)
+    """Open the stage's nested run under the pipeline's parent; yield a sink that logs metrics to it.
+
+    The sink rides out a server outage (BufferedMetricsSink); an outage that outlasts the stage fails it, naming
+    the server, once its outputs are saved.
+    """
+    uri = configure(params.tracking.experiment, params.tracking.fallback_to_local)
     registry.require_own_names(params.tracking)
     key = pipeline_run_key(params_path)
     tags = {PIPELINE_TAG: key, registry.RECIPE_TAG: params.tracking.recipe, **lineage_tags(stage)}
@@ -168,13 +179,19 @@ def stage_run(stage: str, params: PipelineParams, params_path: Path) -> Iterator
     parent = _parent_run_id(key, tags, resolved)
     mlflow.MlflowClient().log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()])  # the newest lineage
     tags |= {"rlhf.stage": stage, ROLE_TAG: "stage"}
-    with mlflow.start_run(run_id=parent), mlflow.start_run(run_name=stage, nested=True, tags=tags):
-        mlflow.log_params(resolved)
-
-        def sink(metrics: dict[str, float], step: int) -> None:
-            mlflow.log_metrics(metrics, step=step)
-
-        yield sink
+    try:
+        with mlflow.start_run(run_id=parent), mlflow.start_run(run_name=stage, nested=True, tags=tags) as run:
+            mlflow.log_params(resolved)
+            sink = BufferedMetricsSink(mlflow.MlflowClient(), run.info.run_id, uri)
+            yield sink
+            sink.close(params.tracking.outage_wait_s, stage)  # a no-op once the stage has closed it
+    except MlflowException as err:
+        if not is_outage(err):
+            raise
+        raise TrackingUnavailableError(
+            f"MLflow server {uri} unreachable at the end of stage {stage} ({err}). The stage's checkpoints and "
+            "outputs are saved; rerun it once the server is back"
+        ) from err
 
 
 def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, float]) -> None:
