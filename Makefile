@@ -29,12 +29,17 @@ ifndef SEED
 SEED := $(shell date +%s)
 endif
 
-# Debian packages the integration tests start for real (PostgreSQL under the team MLflow server test): installed
-# through apt when missing and run as root, else the run stops naming them.
+# Debian packages the integration tests start for real (PostgreSQL under the team MLflow server test, Chromium for
+# the labelling pages): installed through apt when missing and run as root, else the run stops naming them.
 system-packages:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-	|| { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
-	|| { echo "the tests need the Debian package postgresql: apt-get install postgresql (as root)"; exit 1; }
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "the tests need the Debian packages:$$missing (apt-get install$$missing, as root)"; exit 1; fi; \
+	fi
 
 test: setup system-packages
 	@echo "test order seed: $(SEED)"

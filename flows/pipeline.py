@@ -29,12 +29,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
+from flows.approval import await_approval
 from rlhf_lib.config import ConfigError
 from rlhf_lib.io import atomic_write_bytes, atomic_write_text
+from tasks import registry
 from tasks.cli import EXIT_BAD_INPUT, EXIT_BUSY, OFFLINE_ENV, STAGES, summary_table
 from tasks.lock import PipelineBusyError, pipeline_lock
 from tasks.params import params_from_text
 from tasks.tracking import PIPELINE_RUN_ENV
+from tasks.tracking import configure as configure_tracking
 
 PARAMS_FILE = Path("params.yaml")
 # Where the untracked files a DVC experiment of a flow run must hold live (cache: false outputs, in git).
@@ -208,8 +211,7 @@ def rlhf_pipeline(
     try:
         require_experiment_name(experiment)
         text = run_params_text(profile, overrides)
-        if text is None:
-            params_from_text(PARAMS_FILE.read_text())
+        run_params = params_from_text(PARAMS_FILE.read_text() if text is None else text)
     except ConfigError as err:
         logger.error("invalid params, nothing was run or written:\n%s", err)
         return Failed(message=f"invalid params: {err}")
@@ -225,6 +227,13 @@ def rlhf_pipeline(
     summary = summary_table()
     create_markdown_artifact(markdown=f"# SFT vs PPO\n\n{summary}\n", key="rlhf-evaluation")
     logger.info("evaluation summary:\n%s", summary)
+    approval = run_params.tracking
+    if approval.approval and approval.log_models:  # outside the lock: a person may take a while
+        configure_tracking(approval.experiment, approval.fallback_to_local)
+        version = registry.pending_approval(approval.policy_model_name)
+        if version is not None:
+            answer = await_approval(approval.policy_model_name, version, summary, approval.approval_timeout_s)
+            outcome["approval"] = {True: "approved", False: "rejected", None: "no answer"}[answer]
     return outcome
 
 

@@ -24,6 +24,7 @@ _EXPORTS = {
     "build_config": "rlhf_lib.config",
     "load_yaml": "rlhf_lib.config",
     "NonFiniteError": "rlhf_lib.errors",
+    "RewardUnavailable": "rlhf_lib.errors",
     "AutoModelForCausalLMWithValueHead": "rlhf_lib.models.value_head",
     "AutoModelForSeq2SeqLMWithValueHead": "rlhf_lib.models.value_head",
     "ClassifierScorer": "rlhf_lib.rewards",
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
         build_config,
         load_yaml,
     )
-    from rlhf_lib.errors import NonFiniteError
+    from rlhf_lib.errors import NonFiniteError, RewardUnavailable
     from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
     from rlhf_lib.ppo.trainer import PPOTrainer
     from rlhf_lib.reward_trainer import RewardTrainer
@@ -82,6 +83,7 @@ __all__ = [
     "RewardModelScorer",
     "RewardSource",
     "RewardTrainer",
+    "RewardUnavailable",
     "SFTConfig",
     "SFTTrainer",
     "WeightedReward",

@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lib.config import ConfigError
+from rlhf_lib.errors import RewardUnavailable
 
 RewardFunction = Callable[[list[str], list[str]], list[float]]
 """f(prompts, responses) -> one score per response."""
@@ -73,7 +74,7 @@ def checked_scores(name: str, function: RewardFunction, prompts: list[str], resp
     one finite number per response. A ConfigError (a source that finds its own setup wrong) passes through."""
     try:
         scores = function(prompts, responses)
-    except ConfigError:
+    except (ConfigError, RewardUnavailable):  # the user's setup, or no scores yet: the caller decides
         raise
     except Exception as err:
         raise RewardSourceError(f"{name!r} raised {type(err).__name__}: {err}") from err

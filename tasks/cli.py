@@ -1,4 +1,4 @@
-"""`rlhf stage <name>`: run one pipeline stage (what dvc.yaml and the Prefect flow call)."""
+"""`rlhf stage <name>`: run one pipeline stage (what dvc.yaml and the Prefect flow call); `rlhf label`: labelling."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from tasks.labelling import cli as labelling_cli
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -22,7 +24,7 @@ OFFLINE_ENV = {
 STAGES = ["params", "prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"]
 # Exit codes the Prefect flow reads to decide whether a retry can help.
 EXIT_BAD_INPUT = 2  # invalid params or data: rerunning cannot fix it
-EXIT_SERVICE_DOWN = 3  # a service (the MLflow server) is unreachable: worth retrying
+EXIT_SERVICE_DOWN = 3  # a service (the MLflow server) or the raters did not answer: worth retrying
 EXIT_BUSY = 4  # another pipeline run holds the project's lock
 
 
@@ -145,13 +147,22 @@ def main(argv: list[str] | None = None) -> None:
     stage.add_argument("name", choices=STAGES)
     stage.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (params.yaml)")
     stage.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    labelling_cli.add_commands(sub)
     args = parser.parse_args(argv)
     from rlhf_lib.config import ConfigError
+    from rlhf_lib.errors import RewardUnavailable
     from rlhf_lib.rewards import RewardSourceError
     from tasks.errors import TrackingUnavailableError
     from tasks.lock import PipelineBusyError, pipeline_lock
     from tasks.validate import DataValidationError
 
+    if args.command == "label":
+        try:
+            labelling_cli.run(args)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(EXIT_BAD_INPUT) from None
+        return
     try:
         with pipeline_lock(f"rlhf stage {args.name}"):
             metrics = run_stage(args.name, args.params, tracking=not args.no_tracking)
@@ -159,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, DataValidationError, RewardSourceError) as err:  # the user's params, data or code
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
-    except TrackingUnavailableError as err:
+    except (TrackingUnavailableError, RewardUnavailable) as err:  # a service or people did not answer in time
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_SERVICE_DOWN) from None
     except PipelineBusyError as err:

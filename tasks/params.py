@@ -65,6 +65,16 @@ class EvaluateConfig(_Section):
         return self
 
 
+class HumanFeedbackConfig(_Section):
+    """Preference labels people gave on the labelling page (`rlhf label serve`)."""
+
+    preferences: str = "data/human/preferences.jsonl"
+    """The labels file (a dependency of the `reward` stage): pairs labelled A or B join the reward model's
+    training pairs; ties and skips carry no preference and are left out."""
+    upsample: int = Field(1, ge=0)
+    """How many times each human pair enters the reward model's training set (0 leaves the labels out)."""
+
+
 class TrackingConfig(_Section):
     """MLflow settings."""
 
@@ -84,6 +94,12 @@ class TrackingConfig(_Section):
     outage_wait_s: float = Field(300.0, ge=0)
     """How long the end of a stage waits for an MLflow server that went away during it (metric points logged
     meanwhile are kept in memory) before the stage fails naming the server."""
+    approval: bool = False
+    """A person approves each new champion: a candidate the promotion rule would promote stays `candidate`, tagged
+    `approval: pending`, and the Prefect flow pauses for an answer (approve or reject) with the evaluation summary.
+    Runs outside the flow (`dvc repro`) leave it pending for the next flow run."""
+    approval_timeout_s: int = Field(3600, gt=0)
+    """How long the flow waits for that answer; with none, nothing is promoted."""
     promotion_kl_budget: float = Field(5.0, gt=0)
     """Most KL(PPO || SFT) per response (nats) a candidate may have to become champion."""
     promotion_judge: str | None = None
@@ -165,7 +181,21 @@ class FunctionReward(FunctionSource, _Weighted):
     """A Python reward function, weighted."""
 
 
-RewardEntry = Annotated[TrainedReward | ClassifierReward | FunctionReward, Field(discriminator="kind")]
+class HumanReward(_Source, _Weighted):
+    """People rate each PPO batch's responses from 1 to 5 on the rating page (`rlhf label serve`, then /rate) and
+    PPO waits for them; a rating r scores (r - 3) / 2, from -1 to 1. For small, supervised experiments."""
+
+    kind: Literal["human"]
+    folder: str = "data/human"
+    """Where the rating requests and the ratings are kept: the folder of the labels file `rlhf label serve` uses."""
+    timeout_s: float = Field(900.0, gt=0)
+    """How long PPO waits for one batch's ratings."""
+    on_timeout: Literal["stop", "skip"] = "stop"
+    """stop: the stage fails after a checkpoint of the steps done, and a rerun asks for the same batch again
+    (ratings given are kept); skip: the batch is skipped and counted (`ppo/skipped_batches`)."""
+
+
+RewardEntry = Annotated[TrainedReward | ClassifierReward | FunctionReward | HumanReward, Field(discriminator="kind")]
 JudgeEntry = Annotated[TrainedSource | ClassifierSource | FunctionSource | ReferenceSource, Field(discriminator="kind")]
 TRAINER_SECTIONS = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "judge": ClassifierConfig}
 
@@ -187,6 +217,8 @@ class PipelineParams(_Section):
     """SFTConfig fields except output_dir (see rlhf_lib.config.SFTConfig)."""
     reward: RewardConfig
     """RewardConfig fields except output_dir (training of the reward model)."""
+    human_feedback: HumanFeedbackConfig = HumanFeedbackConfig()
+    """Human preference labels merged into the reward model's training pairs."""
     reward_sources: list[RewardEntry] = [TrainedReward(name="reward_model", kind="trained")]
     """The reward PPO maximises: the weighted sum of these sources (`kind`: trained, classifier or function), each
     logged as ppo/reward/<name>. The `reward` stage trains a model only when a source is `trained`."""
@@ -244,6 +276,11 @@ class PipelineParams(_Section):
         if self.tracking.promotion_judge is not None and self.tracking.promotion_judge not in self.judge_names():
             wanted = self.tracking.promotion_judge
             raise ValueError(f"tracking.promotion_judge: {wanted!r} is not one of the judges {self.judge_names()}")
+        if self.ppo.eval_steps and any(isinstance(source, HumanReward) for source in self.reward_sources):
+            raise ValueError(
+                "ppo.eval_steps: the held-out evaluation during PPO scores with the reward, so people would be asked "
+                "to rate its samples too; set it to null with a `human` reward source"
+            )
         return self
 
     def judge_names(self) -> list[str]:

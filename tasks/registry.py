@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from rlhf_lib.config import ConfigError
 
 CANDIDATE, CHAMPION = "candidate", "champion"
+APPROVAL_TAG, PENDING = "approval", "pending"
 JUDGE_TAG = "rlhf.promotion_judge"  # on a model version: the judge whose score the version was promoted by
 EXPERIMENT_TAG = "rlhf.experiment"  # on a registered model: the one MLflow experiment whose runs may register to it
 RECIPE_TAG = "rlhf.recipe"  # on runs and model versions: the task (tracking.recipe) they belong to
@@ -131,11 +132,15 @@ def decide_promotion(
     return Promotion(True, f"judge score {judge_score:.4f} ({against}), KL {kl:.3f} within {kl_budget:.3f}")
 
 
-def promote_candidate(name: str, version: str, metrics: dict[str, float], kl_budget: float, judge: str) -> Promotion:
+def promote_candidate(
+    name: str, version: str, metrics: dict[str, float], kl_budget: float, judge: str, needs_approval: bool = False
+) -> Promotion:
     """Alias `version` candidate; make it champion if `decide_promotion` says so; tag the decision.
 
     `judge` names the gating judge; a champion judged by another one has a score on another scale, so the
-    candidate is not compared with it and stays a candidate (promote it by hand after comparing them).
+    candidate is not compared with it and stays a candidate (promote it by hand after comparing them). With
+    `needs_approval`, a candidate the rule would promote is tagged `approval: pending` instead, for a person to
+    approve (`settle_approval`).
     """
     client = MlflowClient()
     client.set_registered_model_alias(name, CANDIDATE, version)
@@ -147,6 +152,9 @@ def promote_candidate(name: str, version: str, metrics: dict[str, float], kl_bud
         decision = decide_promotion(
             metrics[JUDGE_METRIC], metrics[KL_METRIC], kl_budget, champion_score, metrics[CI_LOW_METRIC]
         )
+    if decision.promoted and needs_approval:
+        client.set_model_version_tag(name, version, APPROVAL_TAG, PENDING)
+        decision = Promotion(False, f"{decision.reason}; awaits a person's approval")
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "promotion", decision.reason)
@@ -163,3 +171,19 @@ def _champion_judge_score(client: MlflowClient, name: str) -> tuple[str | None, 
     except MlflowException:  # no champion yet
         return None, None
     return champion.tags.get(JUDGE_TAG), float(champion.tags[JUDGE_METRIC])
+
+
+def pending_approval(name: str) -> str | None:
+    """The newest version of `name` that passed the promotion rule and waits for a person, if any."""
+    versions = MlflowClient().search_model_versions(f"name = '{name}' and tags.{APPROVAL_TAG} = '{PENDING}'")
+    return max((str(v.version) for v in versions), key=int, default=None)
+
+
+def settle_approval(name: str, version: str, approved: bool | None, note: str) -> None:
+    """Record a person's answer on a pending version: approved (it becomes champion), rejected (it stays a
+    candidate), or None for no answer in time (nothing is promoted)."""
+    client = MlflowClient()
+    outcome = {True: "approved", False: "rejected", None: "no answer"}[approved]
+    if approved:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, APPROVAL_TAG, f"{outcome}: {note}" if note else outcome)

@@ -17,10 +17,12 @@ from rlhf_lib.rewards import (
     import_callable,
 )
 from rlhf_lib.similarity import EmbeddingSimilarity
+from tasks.labelling.ratings import HumanRatings
 from tasks.params import (
     MODELS_DIR,
     ClassifierSource,
     FunctionSource,
+    HumanReward,
     PipelineParams,
     ReferenceSource,
     TrainedSource,
@@ -36,7 +38,9 @@ def build_reward(params: PipelineParams) -> WeightedReward:
     """The weighted sum of `params.reward_sources`; the trained reward model is read from models/reward."""
     sources = []
     for source in params.reward_sources:
-        if isinstance(source, TrainedSource):
+        if isinstance(source, HumanReward):
+            function = HumanRatings(source.name, Path(source.folder), source.timeout_s, source.on_timeout == "skip")
+        elif isinstance(source, TrainedSource):
             _require_trained(REWARD_MODEL_DIR, "reward", source.name)
             remote_code = params.reward_model.trust_remote_code
             cfg = ModelConfig(name_or_path=str(REWARD_MODEL_DIR), trust_remote_code=remote_code)
@@ -69,10 +73,14 @@ def reward_code_and_weights(params: PipelineParams) -> list[Path]:
 
 
 def probe_reward(reward: WeightedReward, prompts: list[str]) -> None:
-    """Call every source once on two prompts (each its own response), so a broken function fails before training."""
+    """Call every source but people once on two prompts (each its own response), so a broken function fails before
+    training."""
     sample = prompts[:2]
+    machine_sources = [source for source in reward.sources if not isinstance(source.function, HumanRatings)]
+    if not machine_sources:  # people are not asked to rate prompts
+        return
     try:
-        reward(sample, sample)
+        WeightedReward(machine_sources)(sample, sample)
     except RewardSourceError as err:
         raise ConfigError(f"reward_sources: {err} (probed with two PPO prompts before training)") from None
 

@@ -220,7 +220,7 @@ def log_stage_outputs(stage: str, params: PipelineParams, metrics: dict[str, flo
             name = params.tracking.policy_model_name
             version = registry.log_model(MODELS_DIR / "ppo", "policy", name, "text-generation", params.tracking.recipe)
             budget, judge = params.tracking.promotion_kl_budget, params.promotion_judge()
-            decision = registry.promote_candidate(name, version, metrics, budget, judge)
+            decision = registry.promote_candidate(name, version, metrics, budget, judge, params.tracking.approval)
             mlflow.log_metric("eval/promoted", float(decision.promoted))
             promotion = {
                 "rlhf.promotion": f"{name} v{version}: {decision.reason}",

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhf_lib.allocator import keep_freed_memory
 from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import PPOConfig
-from rlhf_lib.errors import NonFiniteError
+from rlhf_lib.errors import NonFiniteError, RewardUnavailable
 from rlhf_lib.models.value_head import ModelWithValueHead
 from rlhf_lib.ppo.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from rlhf_lib.ppo.core import (
@@ -251,7 +251,19 @@ class PPOTrainer:
         """Sample, score and update once; returns this iteration's metrics, or None if it was skipped."""
         cfg = self.config
         started = time.perf_counter()
-        batch = self.rollout(prompts)
+        sampling_state = torch.get_rng_state()
+        try:
+            batch = self.rollout(prompts)
+        except RewardUnavailable as err:
+            if err.skip:
+                self.skipped_batches += 1
+                logger.warning(
+                    "PPO step %d: %s; skipped (%d skipped so far)", self.global_step + 1, err, self.skipped_batches
+                )
+                return None
+            torch.set_rng_state(sampling_state)  # the checkpoint resumes by sampling this same batch again
+            path = self.save_checkpoint()
+            raise RewardUnavailable(f"PPO step {self.global_step + 1}: {err}; resume from {path}", skip=False) from err
         if not self._finite_or_skip("reward scores", batch.scores):
             return None
         mask = batch.mask

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf_lib.config import LoraSettings, ModelConfig, PPOConfig
-from rlhf_lib.errors import NonFiniteError
+from rlhf_lib.errors import NonFiniteError, RewardUnavailable
 from rlhf_lib.models.loading import load_causal_lm, load_sequence_scorer, load_tokenizer
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_lib.ppo.checkpoint import list_checkpoints
@@ -223,3 +223,44 @@ def test_held_out_evaluation_reports_reward_judges_and_kl_without_changing_train
     assert history[-1]["objective/scores"] == pytest.approx(plain_history[-1]["objective/scores"])
     with pytest.raises(ValueError, match="no eval_prompts"):
         _trainer(tiny_lm_dir, tmp_path / "none", eval_steps=1)
+
+
+class _RatedLater:
+    """A reward with no scores at step `missing_step` (1-based) of `trainer`, as people who did not rate in time;
+    remembers every batch of responses it was asked about."""
+
+    def __init__(self, reward_fn, missing_step: int, skip: bool) -> None:
+        self.reward_fn, self.missing_step, self.skip = reward_fn, missing_step, skip
+        self.trainer: PPOTrainer | None = None
+        self.asked: list[list[str]] = []
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        self.asked.append(list(responses))
+        if self.trainer.global_step + 1 == self.missing_step:
+            raise RewardUnavailable("no ratings within 1 s", skip=self.skip)
+        return self.reward_fn(prompts, responses)
+
+
+def test_a_batch_without_a_reward_is_skipped_when_asked(tiny_lm_dir, tmp_path):
+    trainer = _trainer(tiny_lm_dir, tmp_path, total_steps=3)
+    trainer.reward_fn = rated = _RatedLater(trainer.reward_fn, missing_step=2, skip=True)
+    rated.trainer = trainer
+    history = trainer.train()
+    assert [metrics["step"] for metrics in history] == [1, 3] and trainer.skipped_batches == 1
+    assert history[-1]["skipped_batches"] == 1
+
+
+def test_a_batch_without_a_reward_stops_with_a_checkpoint_that_resamples_it(tiny_lm_dir, tmp_path):
+    stopped = _trainer(tiny_lm_dir, tmp_path, total_steps=3)
+    stopped.reward_fn = rated = _RatedLater(stopped.reward_fn, missing_step=2, skip=False)
+    rated.trainer = stopped
+    with pytest.raises(RewardUnavailable, match=r"PPO step 2: no ratings within 1 s; resume from .*checkpoint-1"):
+        stopped.train()
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint-1"]
+
+    resumed = _trainer(tiny_lm_dir, tmp_path, total_steps=3)
+    resumed.reward_fn = again = _RatedLater(resumed.reward_fn, missing_step=0, skip=False)
+    again.trainer = resumed
+    history = resumed.train()
+    assert [metrics["step"] for metrics in history] == [2, 3]
+    assert again.asked[0] == rated.asked[1]  # the batch nobody rated is the one the rerun asks about first

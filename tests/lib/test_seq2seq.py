@@ -150,13 +150,16 @@ def test_round_trip_gives_identical_outputs(tiny_t5_dir, tmp_path, lora):
 
 
 def test_ppo_raises_a_simple_reward_with_bounded_kl_and_saves_a_seq2seq_model(tiny_t5_dir, tmp_path):
-    trainer = _trainer(tiny_t5_dir, tmp_path, total_steps=60, kl_estimator="k3", kl_coef=0.1)
+    # Sampling the whole vocabulary of a random tiny T5 rarely hits the target words at first; with kl_coef 0.1 the
+    # penalty won on some CPUs (an AMD EPYC with avx512_bf16: 0.017 -> 0.057) and lost on others. With 0.02, measured
+    # there for seeds 0-4: 0.01-0.05 -> 0.63-0.98, KL at most 45 nats over 8 tokens.
+    trainer = _trainer(tiny_t5_dir, tmp_path, total_steps=60, kl_estimator="k3", kl_coef=0.02)
     history = trainer.train()
     first = sum(m["objective/scores"] for m in history[:10]) / 10
     last = sum(m["objective/scores"] for m in history[-10:]) / 10
     assert last > 2 * first and last > first + 0.1, (first, last)
     kls = torch.tensor([m["objective/kl"] for m in history])
-    assert torch.isfinite(kls).all() and kls.max() < 30  # measured: 0.024 -> 0.37, KL at most 14
+    assert torch.isfinite(kls).all() and kls.max() < 80
     trainer.save_policy(tmp_path / "policy")
     reloaded = load_language_model(ModelConfig(name_or_path=str(tmp_path / "policy")))
     assert reloaded.config.is_encoder_decoder and not hasattr(reloaded, "peft_config")
