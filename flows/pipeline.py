@@ -227,12 +227,12 @@ def rlhf_pipeline(
     summary = summary_table()
     create_markdown_artifact(markdown=f"# SFT vs PPO\n\n{summary}\n", key="rlhf-evaluation")
     logger.info("evaluation summary:\n%s", summary)
-    approval = run_params.tracking
-    if approval.approval and approval.log_models:  # outside the lock: a person may take a while
-        configure_tracking(approval.experiment, approval.fallback_to_local)
-        version = registry.pending_approval(approval.policy_model_name)
+    tracking = run_params.tracking
+    if tracking.approval and tracking.log_models:  # outside the lock: a person may take a while
+        configure_tracking(tracking.experiment, tracking.fallback_to_local)
+        version = registry.pending_approval(tracking.policy_model_name)
         if version is not None:
-            answer = await_approval(approval.policy_model_name, version, summary, approval.approval_timeout_s)
+            answer = await_approval(tracking.policy_model_name, version, summary, tracking.approval_timeout_s)
             outcome["approval"] = {True: "approved", False: "rejected", None: "no answer"}[answer]
     return outcome
 

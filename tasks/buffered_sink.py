@@ -1,7 +1,7 @@
 """Metric logging that survives a tracking-server outage: points the server does not take wait in memory.
 
-MLflow's client retries each request (MLFLOW_HTTP_REQUEST_MAX_RETRIES; the stages default it to 3, about 12 s of
-backoff). A point that still fails is kept, training goes on, and the buffer is sent with a later point once the
+MLflow's client retries each request (MLFLOW_HTTP_REQUEST_MAX_RETRIES; the stages default it to 3 instead of
+MLflow's 7). A point that still fails is kept, training goes on, and the buffer is sent with a later point once the
 server is back, so an outage costs no logged point and does not stop training. At the end of the stage, `close`
 waits up to `tracking.outage_wait_s` for the server; if it is still away, the stage fails naming the URI, after
 its checkpoints and outputs are on disk (a rerun resumes from them).

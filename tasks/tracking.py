@@ -36,7 +36,7 @@ PIPELINE_TAG = "rlhf.pipeline_run"
 ROLE_TAG = "rlhf.role"
 PROBE_TIMEOUT_SECONDS = 5.0
 # MLflow's client retries a failed request 7 times by default, about 4 minutes of backoff on every call during an
-# outage; 3 (about 12 s) keeps training moving, and BufferedMetricsSink keeps the points the retries do not save.
+# outage; 3 keeps training moving, and BufferedMetricsSink keeps the points the retries do not save.
 HTTP_RETRIES = "3"
 # The figures a pipeline run is judged by, copied onto its parent run so the runs table compares pipelines.
 HEADLINE_METRICS = (
