@@ -21,7 +21,7 @@ OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
 }
-STAGES = ["params", "prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"]
+STAGES = ["params", "prepare", "validate", "sft", "pairs", "reward", "judge", "ppo", "evaluate"]
 # Exit codes the Prefect flow reads to decide whether a retry can help.
 EXIT_BAD_INPUT = 2  # invalid params or data: rerunning cannot fix it
 EXIT_SERVICE_DOWN = 3  # a service (the MLflow server) or the raters did not answer: worth retrying

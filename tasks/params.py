@@ -75,6 +75,30 @@ class HumanFeedbackConfig(_Section):
     """How many times each human pair enters the reward model's training set (0 leaves the labels out)."""
 
 
+class PolicyPairsConfig(_Section):
+    """Preference pairs from the SFT policy's own answers (the `pairs` stage), added to the reward model's training
+    pairs: for each training prompt of data/prepared/preference.jsonl the SFT policy samples a few answers, a
+    reference metric scores them and the prompt's chosen answer against that chosen answer, and every two whose
+    scores differ by at least `min_gap` become a pair (the better one chosen)."""
+
+    samples_per_prompt: int = Field(4, gt=0)
+    """Answers the SFT policy samples for each prompt."""
+    max_prompts: int | None = Field(None, gt=0)
+    """Distinct training prompts to sample for, in file order; None: all of them."""
+    metric: Literal["chrf", "embedding"] = "embedding"
+    """How an answer is scored against the chosen one: as a `reference` judge scores (chrF 0-100, or cosine -1..1
+    of sentence embeddings under `model`)."""
+    model: ModelConfig | None = None
+    """The sentence encoder of `embedding`; None: the reward_model backbone."""
+    min_gap: float = Field(0.15, gt=0)
+    """Least score difference that makes two answers a pair (on the metric's scale)."""
+    generation: GenerationConfig = GenerationConfig(max_new_tokens=32, temperature=1.0, batch_size=64)
+    """How the answers are sampled; PPO samples at its own temperature, so match `ppo.temperature` for a reward
+    model that ranks what PPO will show it."""
+    upsample: int = Field(1, ge=0)
+    """How many times each pair enters the reward model's training set (0 leaves them out)."""
+
+
 class TrackingConfig(_Section):
     """MLflow settings."""
 
@@ -219,6 +243,9 @@ class PipelineParams(_Section):
     """RewardConfig fields except output_dir (training of the reward model)."""
     human_feedback: HumanFeedbackConfig = HumanFeedbackConfig()
     """Human preference labels merged into the reward model's training pairs."""
+    policy_pairs: PolicyPairsConfig | None = None
+    """Pairs of the SFT policy's own answers, ranked against each prompt's chosen answer, added to the reward
+    model's training pairs; None: the `pairs` stage writes none."""
     reward_sources: list[RewardEntry] = [TrainedReward(name="reward_model", kind="trained")]
     """The reward PPO maximises: the weighted sum of these sources (`kind`: trained, classifier or function), each
     logged as ppo/reward/<name>. The `reward` stage trains a model only when a source is `trained`."""

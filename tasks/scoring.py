@@ -125,15 +125,22 @@ def _ignoring_references(scorer: Callable[[list[str], list[str]], list[float]]) 
     return lambda prompts, responses, references=None: scorer(prompts, responses)
 
 
-def _reference_metric(judge: ReferenceSource, encoder: ModelConfig) -> Judge:
-    if judge.metric == "chrf":
+def answer_metric(metric: str, encoder: ModelConfig) -> Callable[[list[str], list[str]], list[float]]:
+    """metric(responses, references) -> one score per pair: sacrebleu's sentence chrF (0-100) for `chrf`, else the
+    cosine (-1..1) of the two texts' mean-pooled embeddings under `encoder`."""
+    if metric == "chrf":
         import sacrebleu
 
-        def metric(responses: list[str], references: list[str]) -> list[float]:
+        def chrf(responses: list[str], references: list[str]) -> list[float]:
             pairs = zip(responses, references, strict=True)
             return [sacrebleu.sentence_chrf(response, [reference]).score for response, reference in pairs]
-    else:
-        metric = EmbeddingSimilarity(load_encoder(encoder), load_tokenizer(encoder, padding_side="right"))
+
+        return chrf
+    return EmbeddingSimilarity(load_encoder(encoder), load_tokenizer(encoder, padding_side="right"))
+
+
+def _reference_metric(judge: ReferenceSource, encoder: ModelConfig) -> Judge:
+    metric = answer_metric(judge.metric, encoder)
 
     def score(prompts: list[str], responses: list[str], references: list[str] | None = None) -> list[float]:
         if references is None:

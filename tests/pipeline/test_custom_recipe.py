@@ -10,6 +10,7 @@ import pytest
 import sacrebleu
 import yaml
 
+from tasks.cli import STAGES
 from tests.pipeline.smoke_project import copy_project, project_env, run, stages_run
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,7 @@ def reproduced(tmp_path_factory):
 
 def test_every_stage_runs_the_judge_stage_skips_and_a_second_repro_is_a_noop(reproduced):
     project, env, output = reproduced
-    assert stages_run(output) == {"params", "prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"}
+    assert stages_run(output) == set(STAGES)
     assert "judge: skipped, no judge is `trained`" in output
     assert json.loads((project / "metrics/judge.json").read_text())["judge/skipped"] == 1.0
     manifest = json.loads((project / "data/prepared/manifest.json").read_text())

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasks.cli import STAGES
 from tests.pipeline.smoke_project import copy_project, project_env, run, stages_run
 
 pytestmark = pytest.mark.integration
-ALL_STAGES = {"params", "prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"}
+ALL_STAGES = set(STAGES)
 TRACKED_STAGES = ALL_STAGES - {"params"}  # the params check opens no MLflow run
 KEPT_IN_GIT = ("dvc.lock", "metrics", "reports")  # what a saved experiment holds besides tracked files
 

@@ -11,6 +11,7 @@ import math
 import pytest
 import yaml
 
+from tasks.cli import STAGES
 from tests.pipeline.smoke_project import copy_project, project_env, run, stages_run
 
 pytestmark = pytest.mark.integration
@@ -40,6 +41,8 @@ def _reproduce(recipe: str, tmp_path) -> tuple:
     if recipe == "calculator":  # its word problems, in the tiny tokenizer's tokens, fill the smoke SFT max_length
         params["environment"]["max_length"] = 24
         params["sft"]["max_length"] = 200
+    if recipe == "qa":  # chrF ranks the SFT policy's answers here, so the test can score every pair again itself
+        params["policy_pairs"] |= {"metric": "chrf", "min_gap": 5.0, "max_prompts": 6, "samples_per_prompt": 3}
     params["tracking"] |= {"experiment": f"{recipe}-smoke", "promotion_kl_budget": 50.0}
     params["tracking"] |= {"policy_model_name": f"{recipe}-smoke-policy", "reward_model_name": f"{recipe}-smoke-rm"}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -57,7 +60,7 @@ def test_recipe_runs_end_to_end_and_tags_its_runs(recipe, tmp_path):
     from mlflow import MlflowClient
 
     project, output = _reproduce(recipe, tmp_path)
-    assert stages_run(output) == {"params", "prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"}
+    assert stages_run(output) == set(STAGES)
     assert "judge: skipped, no judge is `trained`" in output
     assert ("reward: skipped" in output) == (recipe != "qa")  # detox's and calculator's rewards are functions
 
@@ -73,7 +76,10 @@ def test_recipe_runs_end_to_end_and_tags_its_runs(recipe, tmp_path):
         trained = {json.dumps(row["messages"][:1]) for row in _lines(prepared / "sft.jsonl")}
         trained |= {json.dumps(row["prompt"]) for row in _lines(prepared / "preference.jsonl")}
         assert not held_out & trained and all(row["reference"] for row in eval_rows)
-    elif recipe == "detox":  # openings of rude sentences, cut before they turn offensive
+        _check_policy_pairs(project, held_out)
+    else:
+        assert "pairs: none written, policy_pairs is not set" in output
+    if recipe == "detox":  # openings of rude sentences, cut before they turn offensive
         from profanity_check import predict_prob
 
         assert max(predict_prob([row["prompt"] for row in eval_rows + ppo_prompts])) < 0.5
@@ -112,6 +118,26 @@ def test_recipe_runs_end_to_end_and_tags_its_runs(recipe, tmp_path):
         encoded = loaded["tokenizer"](eval_rows[0]["prompt"], return_tensors="pt")
         answer = loaded["model"].generate(**encoded, max_new_tokens=4, do_sample=False)
         assert answer[0, 0].item() == loaded["model"].config.decoder_start_token_id
+
+
+def _check_policy_pairs(project, held_out: set[str]) -> None:
+    """The SFT policy's answers to training questions, paired by chrF against each question's own answer."""
+    import sacrebleu
+
+    pairs = _lines(project / "data/policy_pairs.jsonl")
+    answers = {
+        json.dumps(row["prompt"]): row["chosen"][-1]["content"]
+        for row in _lines(project / "data/prepared/preference.jsonl")
+    }
+    asked = {json.dumps(pair["prompt"]) for pair in pairs}
+    assert pairs and len(asked) <= 6 and asked <= answers.keys() and not asked & held_out
+    for pair in pairs:
+        reference = answers[json.dumps(pair["prompt"])]
+        chosen, rejected = (
+            sacrebleu.sentence_chrf(pair[side][-1]["content"], [reference]).score for side in ("chosen", "rejected")
+        )
+        assert chosen - rejected >= 5.0
+    assert json.loads((project / "metrics/reward.json").read_text())["reward/policy_pairs"] == len(pairs)
 
 
 def _runs(project, recipe: str) -> list:

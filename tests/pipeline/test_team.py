@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tasks.cli import STAGES
 from tests.pipeline.smoke_project import background, copy_project, project_env, run, stages_run
 
 pytestmark = pytest.mark.integration
@@ -87,7 +88,7 @@ def test_two_dvc_repro_at_once_one_runs_the_other_fails_fast_and_outputs_stay_wh
     assert second.returncode != 0 and second_seconds < 60
     message = second.stdout + second.stderr
     assert "lock" in message.lower()  # DVC's repo lock, or ours naming .rlhf-pipeline.lock
-    assert stages_run(first_output) == {"params", "prepare", "validate", "sft", "reward", "judge", "ppo", "evaluate"}
+    assert stages_run(first_output) == set(STAGES)
     status = run(["dvc", "status", "--json"], project, env)
     assert json.loads(status.stdout or "{}") == {}  # every stage's outputs match dvc.lock
     assert json.loads((project / "metrics/evaluate.json").read_text())["eval/ppo_judge_score"] >= 0
