@@ -36,8 +36,19 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, trainer_state: dict[str, Any]) -> None:
-    """Write a complete checkpoint folder atomically: a kill mid-write leaves no `checkpoint-N`."""
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    trainer_state: dict[str, Any],
+    torch_rng_states: list[tuple[torch.Tensor, torch.Tensor | None]],
+) -> None:
+    """Write a complete checkpoint folder atomically: a kill mid-write leaves no `checkpoint-N`.
+
+    `torch_rng_states` holds each process's (CPU, CUDA or None) torch RNG states, in process order (one entry
+    with one process): see `rng_states`.
+    """
     np_state = np.random.get_state()
     rng = {
         "python": _to_json(random.getstate()),
@@ -49,16 +60,28 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, tr
             {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "torch_rng": torch.stack([cpu for cpu, _ in torch_rng_states]),
+                "cuda_rng": [cuda for _, cuda in torch_rng_states if cuda is not None],
             },
             staging / OPTIMIZER_STATE,
         )
         (staging / TRAINER_STATE).write_text(json.dumps({**trainer_state, "rng": rng}, indent=2))
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG in place; return the saved trainer state."""
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer, scheduler, process_index: int = 0, num_processes: int = 1
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and this process's RNG in place; return the saved trainer state.
+
+    Each process resumes its own sampling stream, so a run resumes only with the number of processes it saved.
+    """
+    state = json.loads((path / TRAINER_STATE).read_text())
+    saved_processes = state.get("num_processes", 1)
+    if saved_processes != num_processes:
+        raise ValueError(
+            f"checkpoint {path} was written by a run of {saved_processes} process(es), this run has {num_processes}:"
+            f" resume with {saved_processes}, or delete {path.parent} to start over"
+        )
     weights = load_file(path / TRAINABLE_WEIGHTS)
     missing = set(weights) - {name for name, _ in model.named_parameters()}
     if missing:
@@ -67,15 +90,20 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     blobs = torch.load(path / OPTIMIZER_STATE, weights_only=True, map_location="cpu")
     optimizer.load_state_dict(blobs["optimizer"])
     scheduler.load_state_dict(blobs["scheduler"])
-    torch.set_rng_state(blobs["torch_rng"])
+    # clone: torch.set_rng_state reads a row of the stacked states from the start of its storage and crashes.
+    torch.set_rng_state(blobs["torch_rng"].view(num_processes, -1)[process_index].clone())
     if blobs["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blobs["cuda_rng"])
-    state = json.loads((path / TRAINER_STATE).read_text())
+        torch.cuda.set_rng_state(blobs["cuda_rng"][process_index])
     rng = state.pop("rng")
     random.setstate(_from_json(rng["python"]))
     kind, keys, *rest = rng["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
     return state
+
+
+def rng_states() -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This process's torch RNG states: CPU, and its current CUDA device's where there is one."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

@@ -7,6 +7,8 @@ policy's turns, so a mask may have holes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -40,18 +42,24 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
-    count = mask.sum()
-    if unbiased and count > 1:
+def masked_whiten(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    sum_across: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; masked-out entries are returned as 0.
+
+    `sum_across` sums a tensor over the processes of a data-parallel run, so that each process whitens its shard
+    with the mean and the (unbiased) variance of the whole batch.
+    """
+    total = sum_across or (lambda tensor: tensor)
+    mask = mask.to(values.dtype)
+    count = total(mask.sum())
+    mean = total((values * mask).sum()) / count.clamp(min=1)
+    variance = total(((values - mean) ** 2 * mask).sum()) / count.clamp(min=1)
+    if count > 1:
         variance = variance * count / (count - 1)
-    return variance
-
-
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries; masked-out entries are returned as 0."""
-    mean, variance = masked_mean(values, mask), masked_var(values, mask)
     whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
     if not shift_mean:
         whitened = whitened + mean

@@ -128,9 +128,13 @@ def response_logprobs_and_values(
     response_ids: torch.Tensor,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward of the shared trunk: (log-probs, values, logits) at the response positions."""
-    if model.is_encoder_decoder:
-        logits, values = model(input_ids, attention_mask, decoder_inputs(model.config, response_ids))
+    """One forward of the shared trunk: (log-probs, values, logits) at the response positions.
+
+    `model` may be a DistributedDataParallel wrapper, which keeps the policy (and its attributes) in `.module`.
+    """
+    policy = getattr(model, "module", model)
+    if policy.is_encoder_decoder:
+        logits, values = model(input_ids, attention_mask, decoder_inputs(policy.config, response_ids))
     else:
         logits, values = model(
             input_ids, attention_mask, logits_to_keep=predicting_positions(input_ids, response_ids.shape[1])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -23,7 +24,13 @@ from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import PPOConfig
 from rlhf_lib.errors import NonFiniteError, RewardUnavailable
 from rlhf_lib.models.value_head import ModelWithValueHead
-from rlhf_lib.ppo.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from rlhf_lib.ppo.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_states,
+    save_checkpoint,
+)
 from rlhf_lib.ppo.core import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -35,6 +42,7 @@ from rlhf_lib.ppo.core import (
     masked_whiten,
     response_mask_until_eos,
 )
+from rlhf_lib.ppo.data_parallel import DataParallel, exit_with_launcher
 from rlhf_lib.ppo.environment import TextEnvironment
 from rlhf_lib.ppo.kl_control import KLController
 from rlhf_lib.ppo.rollout import (
@@ -60,7 +68,13 @@ def _accelerator(bf16: bool) -> Accelerator:
     wrapped at prepare time, and it autocasts by its own flag).
     """
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision="bf16" if bf16 else "no")
+    # Processes started by `accelerate launch` on a machine without CUDA: accelerate joins them over gloo only
+    # when told the run is on CPU; otherwise each would silently train alone on the whole batch.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched:
+        exit_with_launcher()
+    on_cpu = launched and not torch.cuda.is_available()
+    return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=on_cpu)
 
 
 class PPOTrainer:
@@ -69,6 +83,10 @@ class PPOTrainer:
     The policy is causal or an encoder-decoder (`AutoModelForSeq2SeqLMWithValueHead`): the rollout follows its
     kind, and everything after it is shared. With a LoRA policy the reference is the same base with adapters
     disabled (one copy of the weights); otherwise a frozen copy of the policy at construction time is used.
+
+    Under `accelerate launch` with N processes, `batch_size` is the global batch: each process samples and
+    scores its own B/N prompts of every step, whitening and metrics use the whole batch's statistics, the
+    gradients are averaged by accelerate's DistributedDataParallel, and only the main process writes.
     """
 
     def __init__(
@@ -99,11 +117,22 @@ class PPOTrainer:
         self.reward_fn = reward_fn
         self.metrics_sink = metrics_sink
         self.output_dir = Path(config.output_dir)
-        set_seed(config.seed)
         if not torch.cuda.is_available():
             keep_freed_memory()
         self.bf16 = bf16 = use_bf16(config.bf16)
         self.accelerator = _accelerator(bf16)
+        self.processes = DataParallel(self.accelerator)
+        if config.batch_size % (config.num_mini_batches * self.processes.size):
+            raise ValueError(
+                f"batch_size ({config.batch_size}) must be divisible by num_mini_batches x processes "
+                f"({config.num_mini_batches} x {self.processes.size}): every process takes an equal share of "
+                "every minibatch"
+            )
+        if config.eval_steps and len(self.eval_prompts) < self.processes.size:
+            raise ValueError(
+                f"{len(self.eval_prompts)} eval_prompts cannot be shared between {self.processes.size} processes"
+            )
+        set_seed(config.seed, device_specific=True)  # each process samples with noise of its own
         if ref_model is None and not model.is_peft:
             ref_model = copy.deepcopy(model.pretrained_model)
         self.ref_model = ref_model.eval().requires_grad_(False).to(self.accelerator.device) if ref_model else None
@@ -120,7 +149,10 @@ class PPOTrainer:
         )
         total_updates = config.total_steps * config.ppo_epochs * config.num_mini_batches
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: 1.0 - update / total_updates)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        # The scheduler stays outside accelerate: its wrapper steps a scheduler once per process at every update,
+        # for dataloaders whose length was divided between the processes; PPO's update count does not shrink.
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.scheduler = scheduler
         self.kl_ctl = KLController(config.kl_coef, config.adaptive_kl_target, config.adaptive_kl_horizon)
         self.sampling = Sampling.create(
             config.temperature,
@@ -224,8 +256,10 @@ class PPOTrainer:
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~contains_eos).float()
         if recorded is None:
+            # The unwrapped policy: a forward of the DistributedDataParallel wrapper may sync buffers between
+            # processes, which is wanted only in the update, where every process runs the same forwards.
             logprobs, values, _ = response_logprobs_and_values(
-                self.model, input_ids, attention_mask, response_ids, cfg.temperature
+                self.policy, input_ids, attention_mask, response_ids, cfg.temperature
             )
         else:
             logprobs, values = recorded
@@ -248,58 +282,76 @@ class PPOTrainer:
         )
 
     def step(self, prompts: list[str]) -> dict[str, float] | None:
-        """Sample, score and update once; returns this iteration's metrics, or None if it was skipped."""
+        """Sample, score and update once on this process's share of `prompts` (all of them with one process);
+        returns the iteration's metrics over the whole batch, or None if it was skipped."""
         cfg = self.config
         started = time.perf_counter()
         sampling_state = torch.get_rng_state()
+        local_prompts = self.processes.shard(prompts)
+        failure = None
         try:
-            batch = self.rollout(prompts)
+            batch = self.rollout(local_prompts)
         except RewardUnavailable as err:
-            if err.skip:
-                self.skipped_batches += 1
-                logger.warning(
-                    "PPO step %d: %s; skipped (%d skipped so far)", self.global_step + 1, err, self.skipped_batches
-                )
-                return None
+            failure = err
+        # Every process takes the same branch: 0 scored, 1 skip the batch, 2 stop.
+        outcome = self.processes.largest(0 if failure is None else 1 if failure.skip else 2)
+        if outcome == 1:
+            self.skipped_batches += 1
+            logger.warning(
+                "PPO step %d: %s; skipped (%d skipped so far)",
+                self.global_step + 1,
+                failure or "no reward on another process",
+                self.skipped_batches,
+            )
+            return None
+        if outcome == 2:
             torch.set_rng_state(sampling_state)  # the checkpoint resumes by sampling this same batch again
             path = self.save_checkpoint()
-            raise RewardUnavailable(f"PPO step {self.global_step + 1}: {err}; resume from {path}", skip=False) from err
+            reason = failure or "no reward on another process"
+            raise RewardUnavailable(
+                f"PPO step {self.global_step + 1}: {reason}; resume from {path}", skip=False
+            ) from failure
         if not self._finite_or_skip("reward scores", batch.scores):
             return None
         mask = batch.mask
         kl = kl_per_token(batch.logprobs, batch.ref_logprobs, cfg.kl_estimator) * mask
         rewards = kl_penalised_rewards(batch.scores, kl, self.kl_ctl.value, mask)
         if cfg.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, sum_across=self.processes.sum)
         advantages, returns = compute_gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, sum_across=self.processes.sum)
         if not self._finite_or_skip("advantages", advantages):
             return None
 
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
-            for index in torch.randperm(len(prompts)).split(cfg.mini_batch_size):
+            for index in torch.randperm(len(local_prompts)).split(len(local_prompts) // cfg.num_mini_batches):
                 for key, value in (self._update(batch, index, advantages, returns) or {}).items():
                     stats.setdefault(key, []).append(value)
 
-        sequence_kl = kl.sum(1).mean().item()
-        non_score_reward = (-self.kl_ctl.value * kl).sum(1).mean().item()
+        # Per-episode means of equal shards: their mean over the processes is the whole batch's mean.
+        episode_means = self.processes.means(
+            {
+                "objective/kl": kl.sum(1).mean().item(),
+                "objective/entropy": (-batch.logprobs * mask).sum(1).mean().item(),
+                "objective/scores": batch.scores.mean().item(),
+                "response_length": mask.sum(1).float().mean().item(),
+            }
+            | {f"reward/{name}": value for name, value in batch.score_components.items()}
+            | batch.environment_stats
+        )
+        sequence_kl = episode_means["objective/kl"]
+        non_score_reward = -self.kl_ctl.value * sequence_kl
         metrics = {f"{key}_avg": sum(values) / len(values) for key, values in stats.items()}
-        metrics |= {
-            "objective/kl": sequence_kl,
-            "objective/entropy": (-batch.logprobs * mask).sum(1).mean().item(),
+        metrics |= episode_means | {
             "objective/non_score_reward": non_score_reward,
-            "objective/scores": batch.scores.mean().item(),
-            "objective/rlhf_reward": batch.scores.mean().item() + non_score_reward,
+            "objective/rlhf_reward": episode_means["objective/scores"] + non_score_reward,
             "objective/kl_coef": self.kl_ctl.value,
-            "val/num_eos_tokens": batch.contains_eos.sum().item(),
-            "response_length": mask.sum(1).float().mean().item(),
+            "val/num_eos_tokens": self.processes.sum(batch.contains_eos.sum()).item(),
             "lr": self.scheduler.get_last_lr()[0],
             "eps": len(prompts) / (time.perf_counter() - started),
             "skipped_batches": self.skipped_batches,
         }
-        metrics |= {f"reward/{name}": value for name, value in batch.score_components.items()}
-        metrics |= batch.environment_stats
         self.kl_ctl.update(sequence_kl, len(prompts))
         return metrics
 
@@ -315,7 +367,12 @@ class PPOTrainer:
         value_loss, value_clipfrac = clipped_value_loss(
             values.float(), batch.values[index], returns[index], mask, cfg.cliprange_value
         )
-        loss = policy_loss + cfg.vf_coef * value_loss
+        # The losses are means over this process's tokens, and the update averages gradients over processes.
+        # Weighting each process by its share of the minibatch's tokens makes that average the mean over all
+        # the minibatch's tokens, as one process holding it would compute (the weight is 1 with one process).
+        tokens = mask.sum().float()
+        share = tokens * self.processes.size / self.processes.sum(tokens).clamp(min=1)
+        loss = (policy_loss + cfg.vf_coef * value_loss) * share
         if not self._finite_or_skip("loss", loss):
             return None
         self.accelerator.backward(loss)
@@ -326,19 +383,21 @@ class PPOTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {
-            "loss/policy": policy_loss.item(),
-            "loss/value": value_loss.item(),
-            "policy/approxkl": policy_stats["approxkl"].item(),
-            "policy/clipfrac": policy_stats["clipfrac"].item(),
-            "policy/entropy": masked_mean(entropy_from_logits(logits.detach()), mask).item(),
-            "val/clipfrac": value_clipfrac.item(),
-            "val/ratio": policy_stats["ratio"].item(),
+        token_means = {
+            "loss/policy": policy_loss,
+            "loss/value": value_loss,
+            "policy/approxkl": policy_stats["approxkl"],
+            "policy/clipfrac": policy_stats["clipfrac"],
+            "policy/entropy": masked_mean(entropy_from_logits(logits.detach()), mask),
+            "val/clipfrac": value_clipfrac,
+            "val/ratio": policy_stats["ratio"],
         }
+        return self.processes.means({key: (value * share).item() for key, value in token_means.items()})
 
     def _finite_or_skip(self, what: str, tensor: torch.Tensor) -> bool:
-        """True if `tensor` is finite; else count a skip (skip_nonfinite_batches) or raise NonFiniteError."""
-        if torch.isfinite(tensor).all():
+        """True if `tensor` is finite on every process; else count a skip (skip_nonfinite_batches) or raise
+        NonFiniteError, on every process alike."""
+        if self.processes.all_true(bool(torch.isfinite(tensor).all())):
             return True
         problem = f"non-finite {what} at PPO step {self.global_step + 1}"
         if not self.config.skip_nonfinite_batches:
@@ -360,17 +419,18 @@ class PPOTrainer:
         comparable step to step, and the training's random state is left as it was, so a run trains the same with or
         without them.
         """
-        device = self.accelerator.device
+        device, processes = self.accelerator.device, self.processes
+        prompts = self.eval_prompts[processes.rank :: processes.size]  # each process scores every N-th prompt
         # The CPU generator is always forked; devices=[] skips the accelerator ones, which a CPU run does not have.
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else None, device_type=device.type):
-            torch.manual_seed(self.config.seed)
-            batch = self.rollout(self.eval_prompts)
+            torch.manual_seed(self.config.seed + processes.rank)
+            batch = self.rollout(prompts)
         kl = kl_per_token(batch.logprobs, batch.ref_logprobs, "k1") * batch.mask
-        metrics = {"held_out/reward": batch.scores.mean().item(), "held_out/kl": kl.sum(1).mean().item()}
+        sums = {"held_out/reward": batch.scores.sum().item(), "held_out/kl": kl.sum().item()}
         for name, judge in self.judges.items():
-            scores = checked_scores(name, judge, self.eval_prompts, batch.responses)
-            metrics[f"held_out/judge/{name}"] = sum(scores) / len(scores)
-        return metrics
+            sums[f"held_out/judge/{name}"] = sum(checked_scores(name, judge, prompts, batch.responses))
+        totals = processes.sum(torch.tensor([*sums.values(), len(prompts)], dtype=torch.float64, device=device))
+        return dict(zip(sums, (totals[:-1] / totals[-1]).tolist(), strict=True))
 
     # ---- loop, checkpoints, final save ---------------------------------------------------------
     def train(self, resume: bool = True) -> list[dict[str, float]]:
@@ -382,10 +442,15 @@ class PPOTrainer:
             self.load_checkpoint(checkpoints[-1])
         if self.config.eval_steps and self.global_step == 0 and self.metrics_sink:
             # The curves' first point: the starting policy, at KL 0.
-            self.metrics_sink({f"ppo/{k}": v for k, v in self.held_out_metrics().items()}, 0)
+            self._log(self.held_out_metrics(), 0)
         history = []
         progress = tqdm(
-            total=self.config.total_steps, initial=self.global_step, desc="PPO", unit="step", dynamic_ncols=True
+            total=self.config.total_steps,
+            initial=self.global_step,
+            desc="PPO",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not self.processes.is_main,
         )
         while self.global_step < self.config.total_steps:
             metrics = self.step(self.prompts_for_step(self.global_step))
@@ -398,27 +463,39 @@ class PPOTrainer:
                 history.append(metrics)
                 progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
             if metrics and self.metrics_sink and self.global_step % self.config.logging_steps == 0:
-                self.metrics_sink({f"ppo/{k}": v for k, v in metrics.items() if math.isfinite(v)}, self.global_step)
+                self._log(metrics, self.global_step)
             if self.global_step % self.config.save_steps == 0 or self.global_step == self.config.total_steps:
                 self.save_checkpoint()
         progress.close()
         return history
 
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        """Hand the finite metrics to the sink, from the main process only (they are global already)."""
+        if self.processes.is_main:
+            self.metrics_sink({f"ppo/{k}": v for k, v in metrics.items() if math.isfinite(v)}, step)
+
     def save_checkpoint(self) -> Path:
+        """Write `checkpoint-<step>` from the main process, with every process's sampling state; all wait for it."""
         folder = self.output_dir / "checkpoints"
         path = folder / f"checkpoint-{self.global_step}"
         state = {
             "global_step": self.global_step,
             "kl_coef": self.kl_ctl.value,
             "num_prompts": len(self.prompts),
+            "num_processes": self.processes.size,
             "skipped_batches": self.skipped_batches,
         }
-        save_checkpoint(path, self.policy, self.optimizer, self.scheduler, state)
-        prune_checkpoints(folder, CHECKPOINTS_TO_KEEP)
+        torch_rng_states = gather_object([rng_states()])
+        if self.processes.is_main:
+            save_checkpoint(path, self.policy, self.optimizer, self.scheduler, state, torch_rng_states)
+            prune_checkpoints(folder, CHECKPOINTS_TO_KEEP)
+        self.accelerator.wait_for_everyone()
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        state = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+        state = load_checkpoint(
+            path, self.policy, self.optimizer, self.scheduler, self.processes.rank, self.processes.size
+        )
         if state["num_prompts"] != len(self.prompts):
             raise ValueError(
                 f"checkpoint {path} was made with {state['num_prompts']} prompts, this run has {len(self.prompts)}:"
@@ -429,7 +506,13 @@ class PPOTrainer:
         self.skipped_batches = state.get("skipped_batches", 0)
 
     def save_policy(self, path: str | Path) -> None:
-        """Save the trained policy as a standalone model (LoRA merged), value head and tokenizer."""
+        """Save the trained policy as a standalone model (LoRA merged), value head and tokenizer (from the main
+        process; every process waits for it)."""
+        if self.processes.is_main:
+            self._save_policy(path)
+        self.accelerator.wait_for_everyone()
+
+    def _save_policy(self, path: str | Path) -> None:
         policy = self.policy
         if policy.is_peft:
             # Merge in fp32: a small LoRA update added to bf16 base weights would round away.
