@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from rlhf_lib.allocator import keep_freed_memory
@@ -17,6 +18,7 @@ from rlhf_lib.config import _TrainingConfig
 from rlhf_lib.errors import NonFiniteError
 from rlhf_lib.io import atomic_dir, atomic_write_text
 from rlhf_lib.precision import use_bf16
+from rlhf_lib.processes import cpu_only_launch
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"checkpoint-\d+")
@@ -43,7 +45,8 @@ def training_arguments(cfg: _TrainingConfig, has_eval: bool, **overrides) -> Tra
         save_steps=cfg.save_steps,
         save_total_limit=2,
         bf16=bf16,
-        use_cpu=bf16 and not torch.cuda.is_available(),  # else TrainingArguments refuses bf16 without a GPU
+        # bf16: else TrainingArguments refuses bf16 without a GPU; a launch of CPU processes: else each trains alone.
+        use_cpu=cpu_only_launch() or (bf16 and not torch.cuda.is_available()),
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
@@ -63,6 +66,8 @@ class _MarkCompleteCheckpoints(TrainerCallback):
     """
 
     def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
             atomic_write_text(folder / COMPLETE_MARKER, f"{state.global_step}\n")
@@ -136,8 +141,11 @@ def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     Merging lets the next stage load one plain checkpoint and put a fresh adapter on it, so its
     reference model is this one with the adapter disabled.
     """
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    with atomic_dir(path) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+    processes = PartialState()  # of a launch of several processes, only the main one writes; the others wait
+    if processes.is_main_process:
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        with atomic_dir(path) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+    processes.wait_for_everyone()

@@ -7,32 +7,12 @@ every helper returns its input.
 
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
-import sys
 from typing import TypeVar
 
 import torch
 from accelerate import Accelerator
 
 T = TypeVar("T")
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def exit_with_launcher() -> None:
-    """Have the kernel kill this process when the launcher that started it dies (Linux).
-
-    torchrun, behind `accelerate launch`, starts each worker in a session of its own, so a kill -9 of the launcher
-    leaves the workers running: they would go on writing checkpoints under a rerun. No maintained library wraps
-    this one prctl call, hence ctypes.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    launcher = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != launcher:  # the launcher died before the call took effect
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class DataParallel:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -42,7 +41,7 @@ from rlhf_lib.ppo.core import (
     masked_whiten,
     response_mask_until_eos,
 )
-from rlhf_lib.ppo.data_parallel import DataParallel, exit_with_launcher
+from rlhf_lib.ppo.data_parallel import DataParallel
 from rlhf_lib.ppo.environment import TextEnvironment
 from rlhf_lib.ppo.kl_control import KLController
 from rlhf_lib.ppo.rollout import (
@@ -52,6 +51,7 @@ from rlhf_lib.ppo.rollout import (
     sample_responses,
 )
 from rlhf_lib.precision import cast_frozen_weights, use_bf16
+from rlhf_lib.processes import cpu_only_launch
 from rlhf_lib.rewards import RewardFunction, checked_scores
 from rlhf_lib.sampling import Sampling
 
@@ -68,13 +68,7 @@ def _accelerator(bf16: bool) -> Accelerator:
     wrapped at prepare time, and it autocasts by its own flag).
     """
     AcceleratorState._reset_state(reset_partial_state=False)
-    # Processes started by `accelerate launch` on a machine without CUDA: accelerate joins them over gloo only
-    # when told the run is on CPU; otherwise each would silently train alone on the whole batch.
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if launched:
-        exit_with_launcher()
-    on_cpu = launched and not torch.cuda.is_available()
-    return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=on_cpu)
+    return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=cpu_only_launch())
 
 
 class PPOTrainer:

@@ -1,6 +1,6 @@
-"""PPO under `accelerate launch` with 2 CPU processes (gloo) against the same run in one process.
+"""SFT and PPO under `accelerate launch` with 2 CPU processes (gloo), against the same runs in one process.
 
-One 2-process run is killed (SIGKILL to the launcher's process group) after its second checkpoint and run again;
+One 2-process PPO run is killed (SIGKILL to the launcher's process group) after its second checkpoint and run again;
 the test then checks that it resumed, that its first update, its metrics and its final weights match one process
 holding the whole batch, and that only the main process wrote.
 """
@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf_lib.ppo.checkpoint import TRAINER_STATE, list_checkpoints, trainable_state
-from tests.lib import ppo_worker
+from tests.lib import ppo_worker, sft_worker
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +49,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _launch(model_dir: str, out_dir: Path, *extra: str) -> subprocess.Popen:
-    """The worker under `accelerate launch` with 2 processes, in a process group of its own."""
+def _launch(worker, model_dir: str, out_dir: Path, *extra: str) -> subprocess.Popen:
+    """`worker`'s file under `accelerate launch` with 2 processes, in a process group of its own."""
     command = [
         str(Path(sys.executable).with_name("accelerate")),
         "launch",
@@ -60,7 +60,7 @@ def _launch(model_dir: str, out_dir: Path, *extra: str) -> subprocess.Popen:
         "--mixed_precision=no",
         "--dynamo_backend=no",
         f"--main_process_port={_free_port()}",
-        str(Path(ppo_worker.__file__)),
+        str(Path(worker.__file__)),
         model_dir,
         str(out_dir),
         *extra,
@@ -76,7 +76,9 @@ def _wait_for(condition, process: subprocess.Popen, out_dir: Path, timeout: floa
         if process.poll() is not None or time.monotonic() > deadline:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail(f"the 2-process run stopped or stalled; its log:\n{(out_dir / 'launch.log').read_text()[-3000:]}")
+            pytest.fail(
+                f"the 2-process run stopped or stalled; its log:\n{(out_dir / 'launch.log').read_text()[-3000:]}"
+            )
         time.sleep(0.1)
 
 
@@ -109,7 +111,7 @@ def test_two_processes_compute_what_one_does_and_resume_after_a_kill(tiny_lm_dir
 
     # 1. A slow 2-process run; its launcher gets SIGKILL once checkpoint-2 is written. torchrun starts the workers in
     # sessions of their own, so they must die with the launcher by themselves (else they would finish the run).
-    killed = _launch(tiny_lm_dir, two, "--reward-seconds=1.5")
+    killed = _launch(ppo_worker, tiny_lm_dir, two, "--reward-seconds=1.5")
     _wait_for(lambda: (checkpoints / "checkpoint-2").is_dir(), killed, two)
     workers = _children(killed.pid)
     assert len(workers) == 2, workers
@@ -120,7 +122,7 @@ def test_two_processes_compute_what_one_does_and_resume_after_a_kill(tiny_lm_dir
     assert written == ["checkpoint-1", "checkpoint-2"], written
 
     # 2. The rerun resumes from checkpoint-2 and finishes.
-    rerun = _launch(tiny_lm_dir, two)
+    rerun = _launch(ppo_worker, tiny_lm_dir, two)
     _wait_for(lambda: rerun.poll() == 0, rerun, two)
     history = [json.loads((two / f"history-rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [row["step"] for row in history[0]] == [3, 4]
@@ -176,3 +178,20 @@ def test_two_processes_compute_what_one_does_and_resume_after_a_kill(tiny_lm_dir
     # 4. Resuming the 2-process checkpoints with one process is refused, naming both counts.
     with pytest.raises(ValueError, match=r"2 process\(es\), this run has 1"):
         ppo_worker.build_trainer(tiny_lm_dir, two).train()
+
+
+def test_sft_on_two_processes_lowers_held_out_loss_as_one_process_does(tiny_lm_dir, tmp_path):
+    """2 processes x 4 rows against 1 x 8: the same global batch, so nearly the same held-out loss."""
+    two = tmp_path / "two"
+    two.mkdir()
+    launched = _launch(sft_worker, tiny_lm_dir, two, "--per-device-batch-size=4")
+    _wait_for(lambda: launched.poll() == 0, launched, two)
+    results = [json.loads(path.read_text()) for path in sorted(two.glob("result-rank*.json"))]
+    assert len(results) == 2 and results[0] == results[1]
+    assert results[0]["processes"] == 2
+    one = sft_worker.run(tiny_lm_dir, tmp_path / "one", per_device_batch_size=8)
+    assert one["processes"] == 1
+    for result in (one, results[0]):
+        assert result["after"] < result["before"] - 2.0, result
+    assert results[0]["after"] == pytest.approx(one["after"], abs=0.1)
+    assert (two / "final" / "model.safetensors").is_file()

@@ -1,0 +1,44 @@
+"""Runs of several processes started by `accelerate launch` (torchrun): what every trainer does on joining one."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+import torch
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def exit_with_launcher() -> None:
+    """Have the kernel kill this process when the launcher that started it dies (Linux).
+
+    torchrun, behind `accelerate launch`, starts each worker in a session of its own, so a kill -9 of the launcher
+    leaves the workers running: they would go on writing checkpoints under a rerun. No maintained library wraps
+    this one prctl call, hence ctypes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != launcher:  # the launcher died before the call took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def join_launched_run() -> bool:
+    """In a process of a multi-process launch: tie it to its launcher and return True; else return False.
+
+    The caller must then run on CPU where there is no CUDA (`Accelerator(cpu=True)`, `use_cpu`): accelerate
+    joins CPU processes over gloo only when told so, and otherwise each would train alone on all the data.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    exit_with_launcher()
+    return True
+
+
+def cpu_only_launch() -> bool:
+    """True in a process of a multi-process launch on a machine without CUDA (after tying it to its launcher)."""
+    return join_launched_run() and not torch.cuda.is_available()
