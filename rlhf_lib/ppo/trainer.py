@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -116,6 +116,12 @@ class PPOTrainer:
         self.bf16 = bf16 = use_bf16(config.bf16)
         self.accelerator = _accelerator(bf16)
         self.processes = DataParallel(self.accelerator)
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise ValueError(
+                f"PPO runs data parallel (DDP) only, not under {self.accelerator.distributed_type.value}: its rollouts "
+                "generate with the whole policy on each device. Launch it with configs/accelerate/multi_gpu.yaml "
+                "(launch.stages without ppo keeps FSDP/DeepSpeed for the other stages), or train a LoRA adapter"
+            )
         if config.batch_size % (config.num_mini_batches * self.processes.size):
             raise ValueError(
                 f"batch_size ({config.batch_size}) must be divisible by num_mini_batches x processes "

@@ -1,6 +1,6 @@
 """The `custom` recipe end to end at smoke scale with real DVC and MLflow: chat SFT data, conversational
 preferences, chat prompts, evaluation rows with references; a reward of a trained model plus a function; judges
-of chrF and a function; no trained judge (its stage skips)."""
+of chrF and a function; no trained judge (its stage skips); PPO in 2 processes (`launch`)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ def reproduced(tmp_path_factory):
     params |= {section: smoke[section] for section in SMOKE_SECTIONS}  # tiny models, a few steps
     params["tracking"] |= {"experiment": "rlhf-custom-smoke", "promotion_kl_budget": 50.0}
     params["tracking"] |= {"policy_model_name": "custom-smoke-policy", "reward_model_name": "custom-smoke-rm"}
+    # PPO in 2 processes under `accelerate launch` (CPU, gloo): the MLflow checks below then also show that only
+    # the main process logged (each step once) and that its metrics cover the whole batch.
+    params["launch"] = {"num_processes": 2, "stages": ["ppo"]}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = project_env(project)
     result = run(["dvc", "repro"], project, env)
@@ -61,6 +64,8 @@ def test_reward_sources_and_judges_are_reported_and_add_up(reproduced):
         assert sample["judge_chrf_ppo"] == pytest.approx(expected, abs=1e-3)
     history = (project / "metrics/ppo_history.csv").read_text().splitlines()
     assert len(history) == 1 + 4  # header and the smoke profile's 4 PPO steps
+    states = list((project / "checkpoints/ppo").glob("*/checkpoints/checkpoint-4/trainer_state.json"))
+    assert [json.loads(path.read_text())["num_processes"] for path in states] == [2]
 
 
 def test_mlflow_has_each_reward_source_on_its_own(reproduced):

@@ -1,0 +1,77 @@
+"""`rlhf stage` in several processes: the command that starts a training stage under `accelerate launch`, and
+what each started process needs to know (its rank, where to leave its exit code).
+
+The `rlhf stage` process that the user, DVC or Prefect started stays the parent: it holds the pipeline lock, starts
+the launcher, and exits with the workers' exit code (2 bad input, 3 service down), which torchrun would reduce to 1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tasks.params import PipelineParams
+
+EXIT_CODE_FILE = "RLHF_LAUNCH_EXIT_FILE"
+"""Environment variable naming the file a worker writes its exit code to."""
+
+
+def is_worker() -> bool:
+    """True in a process started by the launcher (torchrun sets RANK)."""
+    return "RANK" in os.environ and EXIT_CODE_FILE in os.environ
+
+
+def is_main_worker() -> bool:
+    """True in the one process that tracks and writes: rank 0, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def processes_for(stage: str, params: PipelineParams) -> int:
+    """How many processes `stage` runs in."""
+    launch = params.launch
+    return launch.num_processes if stage in launch.stages else 1
+
+
+def launch_command(stage: str, params: PipelineParams, params_path: Path, tracking: bool) -> list[str]:
+    """`accelerate launch ... -m tasks.cli stage <stage>` with the params' process count and config file."""
+    launch = params.launch
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    # --multi_gpu is accelerate's torchrun launcher; on a machine without CUDA the trainers join over gloo.
+    layout = ["--config_file", launch.config_file] if launch.config_file else ["--multi_gpu", "--num_machines=1"]
+    precision = [] if launch.config_file else ["--mixed_precision=no", "--dynamo_backend=no"]
+    stage_args = ["stage", stage, "--params", str(params_path), *([] if tracking else ["--no-tracking"])]
+    return [
+        accelerate,
+        "launch",
+        *layout,
+        *precision,
+        f"--num_processes={launch.num_processes}",
+        f"--main_process_port={_free_port()}",
+        "-m",
+        "tasks.cli",
+        *stage_args,
+    ]
+
+
+def run_launched(command: list[str], exit_code_file: Path) -> int:
+    """Run the launcher; return the workers' own exit code when one left it, else the launcher's."""
+    exit_code_file.parent.mkdir(parents=True, exist_ok=True)
+    exit_code_file.unlink(missing_ok=True)
+    launcher = subprocess.run(command, env=os.environ | {EXIT_CODE_FILE: str(exit_code_file)}, check=False)
+    if launcher.returncode and exit_code_file.is_file():
+        return int(exit_code_file.read_text())
+    return launcher.returncode
+
+
+def leave_exit_code(code: int) -> None:
+    """In a worker: record the exit code for the parent (every failing worker writes the same kind of code)."""
+    Path(os.environ[EXIT_CODE_FILE]).write_text(str(code))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
