@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     from rlhf_lib.errors import RewardUnavailable
     from rlhf_lib.rewards import RewardSourceError
     from tasks.errors import TrackingUnavailableError
-    from tasks.launch import is_main_worker, is_worker, leave_exit_code
+    from tasks.launch import is_main_worker, leave_exit_code, takes_lock
     from tasks.lock import PipelineBusyError, pipeline_lock
     from tasks.validate import DataValidationError
 
@@ -180,8 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(EXIT_BAD_INPUT) from None
         return
-    # The processes of a launched stage run under their parent `rlhf stage`, which holds the lock.
-    lock = nullcontext() if is_worker() else pipeline_lock(f"rlhf stage {args.name}")
+    lock = pipeline_lock(f"rlhf stage {args.name}") if takes_lock() else nullcontext()
     code = 0
     try:
         with lock:
@@ -198,8 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         code = EXIT_BUSY
     if code:
-        if is_worker():
-            leave_exit_code(code)
+        leave_exit_code(code)
         raise SystemExit(code)
 
 

@@ -20,8 +20,15 @@ EXIT_CODE_FILE = "RLHF_LAUNCH_EXIT_FILE"
 
 
 def is_worker() -> bool:
-    """True in a process started by the launcher (torchrun sets RANK)."""
-    return "RANK" in os.environ and EXIT_CODE_FILE in os.environ
+    """True in a process started by a launcher (torchrun sets RANK): by `rlhf stage`, or by a user's own
+    `accelerate launch -m tasks.cli stage <name>`."""
+    return "RANK" in os.environ
+
+
+def takes_lock() -> bool:
+    """Whether this process takes the project's pipeline lock: a plain `rlhf stage`, or rank 0 of a user's own
+    `accelerate launch` (the processes that `rlhf stage` starts run under the lock their parent holds)."""
+    return not is_worker() or (EXIT_CODE_FILE not in os.environ and is_main_worker())
 
 
 def is_main_worker() -> bool:
@@ -67,8 +74,10 @@ def run_launched(command: list[str], exit_code_file: Path) -> int:
 
 
 def leave_exit_code(code: int) -> None:
-    """In a worker: record the exit code for the parent (every failing worker writes the same kind of code)."""
-    Path(os.environ[EXIT_CODE_FILE]).write_text(str(code))
+    """In a worker that `rlhf stage` started, record the exit code for it (failing workers write the same kind);
+    elsewhere nothing."""
+    if EXIT_CODE_FILE in os.environ:
+        Path(os.environ[EXIT_CODE_FILE]).write_text(str(code))
 
 
 def _free_port() -> int:

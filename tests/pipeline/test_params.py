@@ -95,6 +95,8 @@ def test_dvc_stages_are_the_cli_stages_and_depend_on_the_code_they_run():
         (("policy", "lora", "rank"), 8, "policy.lora.rank: unknown key"),
         (("prepare", "ppo_prompts"), 0, "prepare.ppo_prompts"),
         (("evalute",), {}, "evalute: unknown key"),
+        (("launch", "num_processes"), 0, "launch.num_processes"),
+        (("launch", "stages"), ["evaluate"], "launch.stages.0"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, path, value, expected):
