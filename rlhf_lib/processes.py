@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import sys
 
 import torch
 
+logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -41,4 +43,10 @@ def join_launched_run() -> bool:
 
 def cpu_only_launch() -> bool:
     """True in a process of a multi-process launch on a machine without CUDA (after tying it to its launcher)."""
-    return join_launched_run() and not torch.cuda.is_available()
+    if not (join_launched_run() and not torch.cuda.is_available()):
+        return False
+    sharded = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"]
+    if sharded:
+        # accelerate (1.15) turns FSDP and DeepSpeed on for GPU-type devices only; CPU processes join as DDP.
+        logger.warning("%s needs GPUs: these CPU processes train data parallel (DDP) instead", sharded[0])
+    return True

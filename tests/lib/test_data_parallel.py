@@ -49,14 +49,17 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _launch(worker, model_dir: str, out_dir: Path, *extra: str) -> subprocess.Popen:
+# accelerate's torchrun launcher; the trainers run it on CPU over gloo where there is no CUDA.
+DATA_PARALLEL = ("--multi_gpu", "--num_machines=1")
+
+
+def _launch(worker, model_dir: str, out_dir: Path, *extra: str, layout=DATA_PARALLEL) -> subprocess.Popen:
     """`worker`'s file under `accelerate launch` with 2 processes, in a process group of its own."""
     command = [
         str(Path(sys.executable).with_name("accelerate")),
         "launch",
-        "--multi_gpu",  # accelerate's torchrun launcher; the trainer runs it on CPU over gloo where there is no CUDA
+        *layout,
         "--num_processes=2",
-        "--num_machines=1",
         "--mixed_precision=no",
         "--dynamo_backend=no",
         f"--main_process_port={_free_port()}",
@@ -181,11 +184,17 @@ def test_two_processes_compute_what_one_does_and_resume_after_a_kill(tiny_lm_dir
 
 
 def test_sft_on_two_processes_lowers_held_out_loss_as_one_process_does(tiny_lm_dir, tmp_path):
-    """2 processes x 4 rows against 1 x 8: the same global batch, so nearly the same held-out loss."""
+    """2 processes x 4 rows against 1 x 8: the same global batch, so nearly the same held-out loss.
+
+    Launched with the shipped FSDP config: accelerate (1.15) turns FSDP on for GPU-type devices only, so CPU
+    processes train data parallel, and the trainer says so.
+    """
     two = tmp_path / "two"
     two.mkdir()
-    launched = _launch(sft_worker, tiny_lm_dir, two, "--per-device-batch-size=4")
+    fsdp = ("--config_file", str(REPO / "configs/accelerate/fsdp.yaml"))
+    launched = _launch(sft_worker, tiny_lm_dir, two, "--per-device-batch-size=4", layout=fsdp)
     _wait_for(lambda: launched.poll() == 0, launched, two)
+    assert "FSDP needs GPUs: these CPU processes train data parallel (DDP) instead" in (two / "launch.log").read_text()
     results = [json.loads(path.read_text()) for path in sorted(two.glob("result-rank*.json"))]
     assert len(results) == 2 and results[0] == results[1]
     assert results[0]["processes"] == 2
