@@ -212,10 +212,6 @@ class PPOConfig(_Config):
             )
         return self
 
-    @property
-    def mini_batch_size(self) -> int:
-        return self.batch_size // self.num_mini_batches
-
 
 class GenerationConfig(_Config):
     """Sampling settings for evaluation."""

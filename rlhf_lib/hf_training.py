@@ -18,7 +18,7 @@ from rlhf_lib.config import _TrainingConfig
 from rlhf_lib.errors import NonFiniteError
 from rlhf_lib.io import atomic_dir, atomic_write_text
 from rlhf_lib.precision import use_bf16
-from rlhf_lib.processes import cpu_only_launch
+from rlhf_lib.processes import enter_launched_run
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"checkpoint-\d+")
@@ -46,7 +46,7 @@ def training_arguments(cfg: _TrainingConfig, has_eval: bool, **overrides) -> Tra
         save_total_limit=2,
         bf16=bf16,
         # bf16: else TrainingArguments refuses bf16 without a GPU; a launch of CPU processes: else each trains alone.
-        use_cpu=cpu_only_launch() or (bf16 and not torch.cuda.is_available()),
+        use_cpu=enter_launched_run() or (bf16 and not torch.cuda.is_available()),
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
@@ -66,6 +66,8 @@ class _MarkCompleteCheckpoints(TrainerCallback):
     """
 
     def on_save(self, args, state, control, **kwargs):
+        # Every process has written its part (its RNG state, its shards) before the folder is marked.
+        PartialState().wait_for_everyone()
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -102,18 +104,25 @@ class GuardedTrainer(Trainer):
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest marked checkpoint in `folder`; unmarked ones (cut short by a kill) are deleted."""
-    if not folder.is_dir():
-        return None
-    found = sorted(
-        (p for p in folder.iterdir() if p.is_dir() and _CHECKPOINT.fullmatch(p.name)),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    for partial in [p for p in found if not (p / COMPLETE_MARKER).is_file()]:
-        logger.warning("removing %s: its save was interrupted", partial)
-        shutil.rmtree(partial)
-        found.remove(partial)
+    """The newest marked checkpoint in `folder`; unmarked ones (cut short by a kill) are deleted, by the main
+    process of a multi-process run while the others wait."""
+    processes = PartialState()
+    if processes.is_main_process:
+        for partial in _checkpoints(folder):
+            if not (partial / COMPLETE_MARKER).is_file():
+                logger.warning("removing %s: its save was interrupted", partial)
+                shutil.rmtree(partial)
+    processes.wait_for_everyone()
+    found = _checkpoints(folder)
     return found[-1] if found else None
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """The checkpoint-N folders in `folder`, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = (p for p in folder.iterdir() if p.is_dir() and _CHECKPOINT.fullmatch(p.name))
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def metric_callbacks(sink: MetricsSink | None, prefix: str) -> list[TrainerCallback]:
@@ -135,17 +144,38 @@ def train_resuming(trainer: Trainer) -> dict[str, float]:
     return metrics
 
 
-def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+def save_final(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | Path,
+    gathered_state: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Save a standalone model (LoRA merged into the weights) and its tokenizer, atomically.
 
     Merging lets the next stage load one plain checkpoint and put a fresh adapter on it, so its
-    reference model is this one with the adapter disabled.
+    reference model is this one with the adapter disabled. `gathered_state` holds the full weights of a model
+    whose parameters are sharded over processes (FSDP, DeepSpeed ZeRO-3), gathered by every process
+    (`sharded_state`); only the main process writes, the others wait.
     """
-    processes = PartialState()  # of a launch of several processes, only the main one writes; the others wait
+    if gathered_state is not None and hasattr(model, "merge_and_unload"):
+        raise ValueError(
+            "a LoRA adapter trained on sharded weights (FSDP, DeepSpeed) cannot be merged into them here; "
+            "train it data parallel (configs/accelerate/multi_gpu.yaml)"
+        )
+    processes = PartialState()
     if processes.is_main_process:
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
         with atomic_dir(path) as staging:
-            model.save_pretrained(staging)
+            model.save_pretrained(staging, state_dict=gathered_state)
             tokenizer.save_pretrained(staging)
     processes.wait_for_everyone()
+
+
+def sharded_state(trainer: Trainer) -> dict[str, torch.Tensor] | None:
+    """The full weights of a trainer whose parameters are sharded (FSDP, DeepSpeed ZeRO-3), gathered: every process
+    must call this; None when each process holds the whole model (one process, DDP, ZeRO-2)."""
+    deepspeed = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+    if trainer.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3):
+        return trainer.accelerator.get_state_dict(trainer.model)
+    return None

@@ -14,12 +14,12 @@ logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def exit_with_launcher() -> None:
-    """Have the kernel kill this process when the launcher that started it dies (Linux).
+def exit_with_parent() -> None:
+    """Have the kernel kill this process when the process that started it dies (Linux).
 
     torchrun, behind `accelerate launch`, starts each worker in a session of its own, so a kill -9 of the launcher
-    leaves the workers running: they would go on writing checkpoints under a rerun. No maintained library wraps
-    this one prctl call, hence ctypes.
+    would leave the workers running, writing checkpoints under a rerun; `rlhf stage` ties the launcher to itself
+    the same way. No maintained library wraps this one prctl call, hence ctypes.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -37,12 +37,12 @@ def join_launched_run() -> bool:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    exit_with_launcher()
+    exit_with_parent()
     return True
 
 
-def cpu_only_launch() -> bool:
-    """True in a process of a multi-process launch on a machine without CUDA (after tying it to its launcher)."""
+def enter_launched_run() -> bool:
+    """Tie a process of a multi-process launch to its launcher; return True if it must run on CPU (no CUDA)."""
     if not (join_launched_run() and not torch.cuda.is_available()):
         return False
     sharded = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"]

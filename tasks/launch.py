@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rlhf_lib.processes import exit_with_parent
 from tasks.params import PipelineParams
 
 EXIT_CODE_FILE = "RLHF_LAUNCH_EXIT_FILE"
@@ -47,16 +48,22 @@ def launch_command(stage: str, params: PipelineParams, params_path: Path, tracki
     launch = params.launch
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     # --multi_gpu is accelerate's torchrun launcher; on a machine without CUDA the trainers join over gloo.
-    layout = ["--config_file", launch.config_file] if launch.config_file else ["--multi_gpu", "--num_machines=1"]
-    precision = [] if launch.config_file else ["--mixed_precision=no", "--dynamo_backend=no"]
+    # A config file brings its own rendezvous (main_process_ip and port, for several machines); without one, a
+    # free port on this machine.
+    layout = (
+        ["--config_file", launch.config_file]
+        if launch.config_file
+        else ["--multi_gpu", "--num_machines=1", f"--main_process_port={_free_port()}"]
+    )
     stage_args = ["stage", stage, "--params", str(params_path), *([] if tracking else ["--no-tracking"])]
     return [
         accelerate,
         "launch",
         *layout,
-        *precision,
+        # Precision comes from params (`bf16`), not from the launcher, which would override a `bf16: false`.
+        "--mixed_precision=no",
+        "--dynamo_backend=no",
         f"--num_processes={launch.num_processes}",
-        f"--main_process_port={_free_port()}",
         "-m",
         "tasks.cli",
         *stage_args,
@@ -67,7 +74,9 @@ def run_launched(command: list[str], exit_code_file: Path) -> int:
     """Run the launcher; return the workers' own exit code when one left it, else the launcher's."""
     exit_code_file.parent.mkdir(parents=True, exist_ok=True)
     exit_code_file.unlink(missing_ok=True)
-    launcher = subprocess.run(command, env=os.environ | {EXIT_CODE_FILE: str(exit_code_file)}, check=False)
+    environment = os.environ | {EXIT_CODE_FILE: str(exit_code_file)}
+    # The launcher dies with this process (a cancelled flow run, a kill), and its workers die with it.
+    launcher = subprocess.run(command, env=environment, check=False, preexec_fn=exit_with_parent)  # noqa: PLW1509
     if launcher.returncode and exit_code_file.is_file():
         return int(exit_code_file.read_text())
     return launcher.returncode

@@ -102,6 +102,13 @@ class PolicyPairsConfig(_Section):
 LAUNCHABLE_STAGES = ("sft", "reward", "judge", "ppo")
 
 
+def accelerate_config_kind(path: Path) -> str:
+    """The `distributed_type` of an accelerate config file (MULTI_GPU, FSDP, DEEPSPEED, ...)."""
+    if not path.is_file():
+        raise ValueError(f"launch.config_file: {path} does not exist")
+    return str((yaml.safe_load(path.read_text()) or {}).get("distributed_type", "NO"))
+
+
 class LaunchConfig(_Section):
     """How many processes the training stages run in (data parallel, through `accelerate launch`)."""
 
@@ -327,6 +334,32 @@ class PipelineParams(_Section):
                 "ppo.eval_steps: the held-out evaluation during PPO scores with the reward, so people would be asked "
                 "to rate its samples too; set it to null with a `human` reward source"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _launch_fits_ppo(self) -> PipelineParams:
+        """What PPOTrainer would refuse in N processes, refused before any stage runs."""
+        launch, ppo = self.launch, self.ppo
+        if "ppo" not in launch.stages:
+            return self
+        processes = launch.num_processes
+        if ppo.batch_size % (ppo.num_mini_batches * processes):
+            raise ValueError(
+                f"launch.num_processes: ppo.batch_size ({ppo.batch_size}) must be divisible by ppo.num_mini_batches x "
+                f"launch.num_processes ({ppo.num_mini_batches} x {processes}), so every process takes an equal share"
+            )
+        if ppo.eval_steps and self.evaluate.ppo_eval_prompts < processes:
+            raise ValueError(
+                f"launch.num_processes: evaluate.ppo_eval_prompts ({self.evaluate.ppo_eval_prompts}) cannot be shared "
+                f"between {processes} processes"
+            )
+        if launch.config_file:
+            kind = accelerate_config_kind(Path(launch.config_file))
+            if kind in ("FSDP", "DEEPSPEED"):
+                raise ValueError(
+                    f"launch.stages: PPO runs data parallel only, not under {kind} ({launch.config_file}); "
+                    "leave ppo out of launch.stages, or use configs/accelerate/multi_gpu.yaml"
+                )
         return self
 
     def judge_names(self) -> list[str]:

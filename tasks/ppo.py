@@ -54,13 +54,16 @@ def _held_out(params: PipelineParams, tokenizer) -> tuple[list[str], dict[str, R
     prompts = [prompt_text(row, tokenizer) for row in rows]
     if "reference" not in rows.column_names:
         return prompts, {name: partial(judge, references=None) for name, judge in build_judges(params).items()}
-    # By prompt: in a run of several processes each judges its own share of the prompts.
-    reference_of = dict(zip(prompts, rows["reference"], strict=True))
+    # By prompt, as each process of a multi-process run judges its own share; a prompt listed twice is scored
+    # against its first reference, once.
+    reference_of: dict[str, str] = {}
+    for prompt, reference in zip(prompts, rows["reference"], strict=True):
+        reference_of.setdefault(prompt, reference)
 
     def with_references(judge: RewardFunction) -> RewardFunction:
         return lambda prompts, responses: judge(prompts, responses, references=[reference_of[p] for p in prompts])
 
-    return prompts, {name: with_references(judge) for name, judge in build_judges(params).items()}
+    return list(reference_of), {name: with_references(judge) for name, judge in build_judges(params).items()}
 
 
 def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, float]:

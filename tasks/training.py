@@ -8,7 +8,7 @@ from typing import TypeVar
 from transformers import PreTrainedTokenizerBase, Trainer
 
 from rlhf_lib.config import ModelConfig, _TrainingConfig
-from rlhf_lib.hf_training import save_final, train_resuming
+from rlhf_lib.hf_training import save_final, sharded_state, train_resuming
 from rlhf_lib.io import atomic_write_json
 from rlhf_lib.models.loading import require_fits_context
 from tasks.params import checkpoint_dir, with_output_dir
@@ -31,7 +31,7 @@ def fit_and_save(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, out_dir: 
     """Train (resuming from the last complete checkpoint), evaluate, save the final model; (evaluation, resumed)."""
     resumed_from = train_resuming(trainer)["resumed_from_step"]
     evaluation = trainer.evaluate()
-    save_final(trainer.model, tokenizer, out_dir)
+    save_final(trainer.model, tokenizer, out_dir, sharded_state(trainer))
     return evaluation, resumed_from
 
 

@@ -73,7 +73,8 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and this process's RNG in place; return the saved trainer state.
 
-    Each process resumes its own sampling stream, so a run resumes only with the number of processes it saved.
+    Each process resumes its own torch sampling stream, so a run resumes only with the number of processes it
+    saved. Python's and numpy's RNG states (which PPO does not draw from) are the main process's, in every process.
     """
     state = json.loads((path / TRAINER_STATE).read_text())
     saved_processes = state.get("num_processes", 1)

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 T = TypeVar("T")
 
@@ -44,6 +45,16 @@ class DataParallel:
             return values
         local = torch.tensor(list(values.values()), dtype=torch.float64, device=self.accelerator.device)
         return dict(zip(values, self.accelerator.reduce(local, "mean").tolist(), strict=True))
+
+    def totals(self, counts: dict[str, float]) -> dict[str, float]:
+        """Each count summed over the processes, over the union of their keys (a key one process lacks counts 0)."""
+        if self.size == 1:
+            return counts
+        summed: dict[str, float] = {}
+        for shard in gather_object([counts]):
+            for key, value in shard.items():
+                summed[key] = summed.get(key, 0.0) + value
+        return dict(sorted(summed.items()))
 
     def all_true(self, flag: bool) -> bool:
         """True if `flag` is true on every process, so that every process takes the same branch."""

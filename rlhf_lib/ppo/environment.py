@@ -91,6 +91,7 @@ class TextEnvironment:
                 self._take_turn(episodes[i], new_ids, tokenizer)
         rollout = self._collate(episodes, tokenizer)
         calls = [episode.calls for episode in episodes]
+        # Per-episode means, then counts over the batch (`is_batch_count`), which vary in their keys.
         rollout.stats = {
             "env/tool_calls_per_episode": sum(calls) / len(calls),
             "env/tool_errors": float(sum(self.tools.errors.values()) - errors_before),
@@ -188,3 +189,9 @@ def _end_of_first_call(
         if call_end in tokenizer.decode(context + ids[:k])[seen:]:
             return k
     return None
+
+
+def is_batch_count(stat: str) -> bool:
+    """Whether a rollout statistic counts over the batch (tool errors, calls per tool) rather than averages over
+    its episodes: the processes of a data-parallel run add up counts and average the rest."""
+    return stat == "env/tool_errors" or stat.startswith("env/calls/")

@@ -42,7 +42,7 @@ from rlhf_lib.ppo.core import (
     response_mask_until_eos,
 )
 from rlhf_lib.ppo.data_parallel import DataParallel
-from rlhf_lib.ppo.environment import TextEnvironment
+from rlhf_lib.ppo.environment import TextEnvironment, is_batch_count
 from rlhf_lib.ppo.kl_control import KLController
 from rlhf_lib.ppo.rollout import (
     Rollout,
@@ -51,7 +51,7 @@ from rlhf_lib.ppo.rollout import (
     sample_responses,
 )
 from rlhf_lib.precision import cast_frozen_weights, use_bf16
-from rlhf_lib.processes import cpu_only_launch
+from rlhf_lib.processes import enter_launched_run
 from rlhf_lib.rewards import RewardFunction, checked_scores
 from rlhf_lib.sampling import Sampling
 
@@ -68,7 +68,7 @@ def _accelerator(bf16: bool) -> Accelerator:
     wrapped at prepare time, and it autocasts by its own flag).
     """
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=cpu_only_launch())
+    return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=enter_launched_run())
 
 
 class PPOTrainer:
@@ -330,6 +330,7 @@ class PPOTrainer:
                     stats.setdefault(key, []).append(value)
 
         # Per-episode means of equal shards: their mean over the processes is the whole batch's mean.
+        environment = batch.environment_stats
         episode_means = self.processes.means(
             {
                 "objective/kl": kl.sum(1).mean().item(),
@@ -338,8 +339,9 @@ class PPOTrainer:
                 "response_length": mask.sum(1).float().mean().item(),
             }
             | {f"reward/{name}": value for name, value in batch.score_components.items()}
-            | batch.environment_stats
+            | {key: value for key, value in environment.items() if not is_batch_count(key)}
         )
+        episode_means |= self.processes.totals({k: v for k, v in environment.items() if is_batch_count(k)})
         sequence_kl = episode_means["objective/kl"]
         non_score_reward = -self.kl_ctl.value * sequence_kl
         metrics = {f"{key}_avg": sum(values) / len(values) for key, values in stats.items()}
@@ -440,8 +442,8 @@ class PPOTrainer:
         """
         if resume and (checkpoints := list_checkpoints(self.output_dir / "checkpoints")):
             self.load_checkpoint(checkpoints[-1])
-        if self.config.eval_steps and self.global_step == 0 and self.metrics_sink:
-            # The curves' first point: the starting policy, at KL 0.
+        if self.config.eval_steps and self.global_step == 0:
+            # The curves' first point: the starting policy, at KL 0 (every process evaluates its share).
             self._log(self.held_out_metrics(), 0)
         history = []
         progress = tqdm(
@@ -462,7 +464,7 @@ class PPOTrainer:
                 metrics["step"] = self.global_step
                 history.append(metrics)
                 progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
-            if metrics and self.metrics_sink and self.global_step % self.config.logging_steps == 0:
+            if metrics and self.global_step % self.config.logging_steps == 0:
                 self._log(metrics, self.global_step)
             if self.global_step % self.config.save_steps == 0 or self.global_step == self.config.total_steps:
                 self.save_checkpoint()
@@ -470,8 +472,8 @@ class PPOTrainer:
         return history
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
-        """Hand the finite metrics to the sink, from the main process only (they are global already)."""
-        if self.processes.is_main:
+        """Hand the finite metrics to the sink, if any, from the main process only (they are global already)."""
+        if self.metrics_sink and self.processes.is_main:
             self.metrics_sink({f"ppo/{k}": v for k, v in metrics.items() if math.isfinite(v)}, step)
 
     def save_checkpoint(self) -> Path:

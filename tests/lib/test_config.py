@@ -9,7 +9,7 @@ from rlhf_lib.config import ConfigError, ModelConfig, PPOConfig, SFTConfig, buil
 
 def test_valid_mapping_builds_typed_config():
     cfg = build_config(PPOConfig, {"output_dir": "o", "batch_size": 8, "num_mini_batches": 4}, "ppo")
-    assert cfg.mini_batch_size == 2
+    assert cfg.batch_size == 8 and cfg.num_mini_batches == 4
     assert isinstance(cfg.learning_rate, float)
 
 

@@ -97,6 +97,13 @@ def test_dvc_stages_are_the_cli_stages_and_depend_on_the_code_they_run():
         (("evalute",), {}, "evalute: unknown key"),
         (("launch", "num_processes"), 0, "launch.num_processes"),
         (("launch", "stages"), ["evaluate"], "launch.stages.0"),
+        (("launch", "num_processes"), 3, "launch.num_processes: ppo.batch_size"),
+        (("launch", "config_file"), "no/such.yaml", "launch.config_file: no/such.yaml does not exist"),
+        (
+            ("launch", "config_file"),
+            str(ROOT / "configs/accelerate/fsdp.yaml"),
+            "launch.stages: PPO runs data parallel",
+        ),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, path, value, expected):
