@@ -29,21 +29,16 @@ def exit_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def join_launched_run() -> bool:
-    """In a process of a multi-process launch: tie it to its launcher and return True; else return False.
+def enter_launched_run() -> bool:
+    """Tie a process of a multi-process launch to its launcher; return True if it must run on CPU (no CUDA).
 
-    The caller must then run on CPU where there is no CUDA (`Accelerator(cpu=True)`, `use_cpu`): accelerate
-    joins CPU processes over gloo only when told so, and otherwise each would train alone on all the data.
+    The caller then runs on CPU (`Accelerator(cpu=True)`, `use_cpu`): accelerate joins CPU processes over gloo only
+    when told so, and otherwise each would train alone on all the data.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     exit_with_parent()
-    return True
-
-
-def enter_launched_run() -> bool:
-    """Tie a process of a multi-process launch to its launcher; return True if it must run on CPU (no CUDA)."""
-    if not (join_launched_run() and not torch.cuda.is_available()):
+    if torch.cuda.is_available():
         return False
     sharded = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"]
     if sharded:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from safetensors.torch import load_file
 
 from rlhf_lib.ppo.checkpoint import TRAINER_STATE, list_checkpoints, trainable_state
 from tests.lib import ppo_worker, sft_worker
+from tests.pipeline.smoke_project import free_port, wait_until_gone
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +43,6 @@ COMPARED_METRICS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # accelerate's torchrun launcher; the trainers run it on CPU over gloo where there is no CUDA.
 DATA_PARALLEL = ("--multi_gpu", "--num_machines=1")
 
@@ -62,7 +56,7 @@ def _launch(worker, model_dir: str, out_dir: Path, *extra: str, layout=DATA_PARA
         "--num_processes=2",
         "--mixed_precision=no",
         "--dynamo_backend=no",
-        f"--main_process_port={_free_port()}",
+        f"--main_process_port={free_port()}",
         str(Path(worker.__file__)),
         model_dir,
         str(out_dir),
@@ -89,20 +83,6 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _wait_until_gone(pids: list[int], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
-        assert time.monotonic() < deadline, f"workers {pids} outlived their launcher"
-        time.sleep(0.1)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "Z"
-
-
 def _metric_rows(path: Path) -> dict[int, dict[str, float]]:
     return {row["step"]: row for row in map(json.loads, path.read_text().splitlines())}
 
@@ -120,7 +100,7 @@ def test_two_processes_compute_what_one_does_and_resume_after_a_kill(tiny_lm_dir
     assert len(workers) == 2, workers
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=30)
-    _wait_until_gone(workers)
+    wait_until_gone(workers, "workers that outlived their launcher")
     written = [path.name for path in list_checkpoints(checkpoints)]
     assert written == ["checkpoint-1", "checkpoint-2"], written
 

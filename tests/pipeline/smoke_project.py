@@ -69,6 +69,22 @@ def run(command: list[str], project: Path, env: dict[str, str], timeout: float =
     return result
 
 
+def wait_until_gone(pids: list[int], what: str, timeout: float = 30) -> None:
+    """Wait until every process in `pids` has exited (a zombie counts as gone); fail naming `what` if not."""
+    deadline = time.monotonic() + timeout
+    while any(_process_state(pid) != "Z" for pid in pids):
+        assert time.monotonic() < deadline, f"{what}: {pids} still running"
+        time.sleep(0.1)
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat, or "Z" for a process that is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "Z"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

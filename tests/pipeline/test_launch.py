@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tasks.launch import EXIT_CODE_FILE, launch_command, processes_for, run_launched
 from tasks.params import params_from_text
+from tests.pipeline.smoke_project import wait_until_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,13 +68,4 @@ def test_the_launcher_dies_with_its_parent(tmp_path):
     launcher_pid = int(pid_file.read_text())
     parent.kill()
     parent.wait()
-    while Path(f"/proc/{launcher_pid}").exists() and _state(launcher_pid) != "Z":
-        assert time.monotonic() < deadline, "the launcher outlived its parent"
-        time.sleep(0.1)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "Z"
+    wait_until_gone([launcher_pid], "the launcher outlived its parent")
