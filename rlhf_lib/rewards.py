@@ -11,13 +11,15 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lib.config import ConfigError
 from rlhf_lib.errors import RewardUnavailable
+
+if TYPE_CHECKING:  # annotations only: transformers' model classes take ~4 s to import, which params checks need not pay
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 RewardFunction = Callable[[list[str], list[str]], list[float]]
 """f(prompts, responses) -> one score per response."""

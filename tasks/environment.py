@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlhf_lib.config import ConfigError
-from rlhf_lib.ppo.environment import TextEnvironment
 from rlhf_lib.rewards import RewardSourceError, import_callable
 from rlhf_lib.tools import CALCULATOR, BM25Search, Tool, ToolBox
+
+if TYPE_CHECKING:
+    from rlhf_lib.ppo.environment import TextEnvironment
 
 TOOL_NAME = r"^\w+$"
 
@@ -76,6 +78,8 @@ def build_environment(section: EnvironmentSection | None) -> TextEnvironment | N
     """The TextEnvironment of params.yaml's `environment:`, or None when it has none."""
     if section is None:
         return None
+    from rlhf_lib.ppo.environment import TextEnvironment  # here: it imports transformers, which params checks need not
+
     tools = [_tool(entry, f"environment.tools[{index}]") for index, entry in enumerate(section.tools)]
     names = [tool.name for tool in tools]
     if len(set(names)) != len(names):

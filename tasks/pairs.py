@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import json
 from statistics import mean
+from typing import TYPE_CHECKING
 
-from rlhf_lib.callbacks import MetricsSink
 from rlhf_lib.config import ConfigError, DataConfig, ModelConfig
 from rlhf_lib.data.formats import prompt_text
 from rlhf_lib.data.ranking import ranked_pairs
 from rlhf_lib.data.sources import load_rows, split_train_eval
-from rlhf_lib.generation import generate_responses
 from rlhf_lib.io import atomic_write_jsonl
-from rlhf_lib.models.loading import load_language_model, load_tokenizer
-from tasks.params import DATA_DIR, MODELS_DIR, PipelineParams
-from tasks.reward import HELD_OUT_FRACTION, POLICY_PAIRS_FILE
-from tasks.scoring import answer_metric
+from tasks.params import DATA_DIR, MODELS_DIR, POLICY_PAIRS_FILE, PipelineParams
+
+if TYPE_CHECKING:
+    from rlhf_lib.callbacks import MetricsSink
 
 
 def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, float]:
@@ -35,6 +34,12 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
         print(f"pairs: none written, {reason}")
         atomic_write_jsonl(POLICY_PAIRS_FILE, [])
         return {"pairs/skipped": 1.0}
+    # Imported here: they load transformers' models (~4 s), which most recipes, skipping this stage, need not.
+    from rlhf_lib.generation import generate_responses
+    from rlhf_lib.models.loading import load_language_model, load_tokenizer
+    from tasks.reward import HELD_OUT_FRACTION
+    from tasks.scoring import answer_metric
+
     rows = load_rows(DataConfig(source=str(DATA_DIR / "preference.jsonl"), seed=params.reward.seed))
     if "prompt" not in rows.column_names:
         raise ConfigError(

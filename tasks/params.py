@@ -33,6 +33,7 @@ MODELS_DIR = Path("models")
 CHECKPOINTS_DIR = Path("checkpoints")
 METRICS_DIR = Path("metrics")
 REPORTS_DIR = Path("reports")
+POLICY_PAIRS_FILE = Path("data/policy_pairs.jsonl")  # the `pairs` stage writes it, the `reward` stage reads it
 C = TypeVar("C", bound=BaseModel)
 
 

@@ -20,12 +20,11 @@ from rlhf_lib.data.sources import load_rows, split_train_eval
 from rlhf_lib.models.loading import load_sequence_scorer, load_tokenizer
 from rlhf_lib.reward_trainer import RewardTrainer
 from tasks.labelling.store import preference_rows, read_labels
-from tasks.params import DATA_DIR, PipelineParams
+from tasks.params import DATA_DIR, POLICY_PAIRS_FILE, PipelineParams
 from tasks.scoring import REWARD_MODEL_DIR
 from tasks.training import SKIPPED_FILE, fit_and_save, skip, stage_config
 
 HELD_OUT_FRACTION = 0.1
-POLICY_PAIRS_FILE = Path("data/policy_pairs.jsonl")
 
 
 def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, float]:
