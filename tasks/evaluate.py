@@ -2,9 +2,10 @@
 
 Each judge in params.yaml scores both policies' responses to the same prompts: its means, the PPO win rate and
 a 95% paired-bootstrap interval on the mean difference (with 48 prompts a win rate is uncertain by about
-+-0.14, so the interval is the number to read). The proxy reward PPO optimised is reported beside them, so a gain
-on the proxy that the judges do not share shows as reward hacking; so are fluency figures (response length,
-distinct-2, perplexity under the SFT model), so a gain bought with silence or gibberish shows too.
++-0.14, so the interval is the number to read). With `samples_per_prompt` above 1 each prompt's score is the mean
+over its samples, and the bootstrap still resamples prompts. The proxy reward PPO optimised is reported beside
+them, so a gain on the proxy that the judges do not share shows as reward hacking; so are fluency figures (response
+length, distinct-2, perplexity under the SFT model), so a gain bought with silence or gibberish shows too.
 """
 
 from __future__ import annotations
@@ -38,29 +39,37 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
     rows = load_rows(DataConfig(source=str(DATA_DIR / "eval_prompts.jsonl")))
     rows = rows.select(range(min(cfg.num_prompts, len(rows))))
     prompts = [prompt_text(row, tokenizer) for row in rows]
-    references = list(rows["reference"]) if "reference" in rows.column_names else None
+    k = cfg.samples_per_prompt
+    # Each prompt's k samples side by side: responses i*k .. i*k + k-1 answer prompt i.
+    sampled_prompts = [prompt for prompt in prompts for _ in range(k)]
+    references = [ref for ref in rows["reference"] for _ in range(k)] if "reference" in rows.column_names else None
     sft_model, ppo_model = load_language_model(sft_cfg).eval(), load_language_model(ppo_cfg).eval()
     models = {"sft": sft_model, "ppo": ppo_model}
     environment = build_environment(params.environment)
     texts, ids, masks = {}, {}, {}
     for name, model in models.items():
         if environment is None:
-            texts[name], ids[name] = generate_responses(model, tokenizer, prompts, cfg.generation)
+            texts[name], ids[name] = generate_responses(model, tokenizer, sampled_prompts, cfg.generation)
             masks[name] = None
         else:  # the policies answer with their tools, as PPO trained them; only their own tokens are scored
             texts[name], ids[name], masks[name] = generate_episodes(
-                model, tokenizer, prompts, cfg.generation, environment
+                model, tokenizer, sampled_prompts, cfg.generation, environment
             )
+    # The fluency and KL figures take each prompt's first response: one per prompt, whatever k is.
+    first = {name: texts[name][::k] for name in POLICIES}
+    first_ids = {name: ids[name][::k] for name in POLICIES}
+    first_masks = {name: None if masks[name] is None else masks[name][::k] for name in POLICIES}
     # Scored at the temperature the samples came from, so the estimate is unbiased for the KL between the two
     # policies as they sample here (EvaluateConfig keeps top-k/top-p off for this reason).
-    kl = sequence_kl(ppo_model, sft_model, tokenizer, prompts, ids["ppo"], cfg.generation.temperature, masks["ppo"])
+    temperature = cfg.generation.temperature
+    kl = sequence_kl(ppo_model, sft_model, tokenizer, prompts, first_ids["ppo"], temperature, first_masks["ppo"])
 
     reward = build_reward(params)
-    proxy = {name: reward(prompts, texts[name]) for name in POLICIES}
+    proxy = {name: reward(sampled_prompts, texts[name]) for name in POLICIES}
     judges = build_judges(params)
     scores = {
         judge: {
-            name: checked_scores(judge, lambda p, r, score=score: score(p, r, references), prompts, texts[name])
+            name: checked_scores(judge, lambda p, r, score=score: score(p, r, references), sampled_prompts, texts[name])
             for name in POLICIES
         }
         for judge, score in judges.items()
@@ -70,17 +79,24 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
     for name in POLICIES:
         metrics[f"eval/{name}_proxy_reward"] = mean(proxy[name])
         metrics |= {f"eval/{name}_reward/{source}": mean(values) for source, values in proxy[name].components.items()}
-        metrics[f"eval/{name}_response_words"] = mean(len(t.split()) for t in texts[name])
-        metrics[f"eval/{name}_distinct_2"] = distinct_n(texts[name], 2)
+        metrics[f"eval/{name}_response_words"] = mean(len(t.split()) for t in first[name])
+        metrics[f"eval/{name}_distinct_2"] = distinct_n(first[name], 2)
         # Fluency: how natural the SFT model (PPO's reference) finds each policy's responses; gibberish that a
         # reward or judge happens to like shows as a perplexity far above the SFT policy's own.
-        metrics[f"eval/{name}_perplexity_under_sft"] = perplexity(sft_model, tokenizer, prompts, ids[name], masks[name])
+        metrics[f"eval/{name}_perplexity_under_sft"] = perplexity(
+            sft_model, tokenizer, prompts, first_ids[name], first_masks[name]
+        )
     for judge, per_policy in scores.items():
-        metrics |= judge_metrics(f"eval/judge/{judge}", per_policy["ppo"], per_policy["sft"], cfg.bootstrap_samples)
+        ppo, sft = per_prompt_means(per_policy["ppo"], k), per_prompt_means(per_policy["sft"], k)
+        metrics |= judge_metrics(f"eval/judge/{judge}", ppo, sft, cfg.bootstrap_samples)
     if environment is not None:  # what each policy manages alone: the same prompts, no tool answers its calls
-        alone = {name: generate_responses(models[name], tokenizer, prompts, cfg.generation)[0] for name in POLICIES}
+        alone = {
+            name: generate_responses(models[name], tokenizer, sampled_prompts, cfg.generation)[0] for name in POLICIES
+        }
         for judge, score in judges.items():
-            per_policy = {name: score(prompts, alone[name], references) for name in POLICIES}
+            per_policy = {
+                name: per_prompt_means(score(sampled_prompts, alone[name], references), k) for name in POLICIES
+            }
             prefix = f"eval/without_tools/judge/{judge}"
             metrics |= judge_metrics(prefix, per_policy["ppo"], per_policy["sft"], cfg.bootstrap_samples)
         metrics |= {f"eval/{name}_tool_calls_per_response": _tool_calls(masks[name]) for name in POLICIES}
@@ -94,11 +110,11 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
         "eval/judge_diff_ci_high": metrics[f"{gate}/diff_ci_high"],
     }
     # Prompt and the two responses first, where a reader (and MLflow's table view) looks; scores after.
-    per_prompt = {"proxy_reward": proxy} | {f"judge_{judge}": per_policy for judge, per_policy in scores.items()}
+    per_response = {"proxy_reward": proxy} | {f"judge_{judge}": per_policy for judge, per_policy in scores.items()}
     samples = [
-        {"prompt": prompt, **{f"{name}_response": texts[name][i] for name in POLICIES}}
-        | {f"{kind}_{name}": round(values[name][i], 4) for kind, values in per_prompt.items() for name in POLICIES}
-        for i, prompt in enumerate(prompts)
+        {"prompt": prompt, "sample": i % k, **{f"{name}_response": texts[name][i] for name in POLICIES}}
+        | {f"{kind}_{name}": round(values[name][i], 4) for kind, values in per_response.items() for name in POLICIES}
+        for i, prompt in enumerate(sampled_prompts)
     ]
     atomic_write_json(REPORTS_DIR / "samples.json", samples, sort_keys=False)
     return metrics
@@ -114,6 +130,11 @@ def judge_metrics(prefix: str, ppo: list[float], sft: list[float], bootstrap_sam
         f"{prefix}/diff_ci_low": low,
         f"{prefix}/diff_ci_high": high,
     }
+
+
+def per_prompt_means(scores: list[float], k: int) -> list[float]:
+    """Each prompt's mean score over its k consecutive samples."""
+    return [mean(scores[start : start + k]) for start in range(0, len(scores), k)]
 
 
 def _tool_calls(masks: list[torch.Tensor]) -> float:
