@@ -112,7 +112,7 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
     # Prompt and the two responses first, where a reader (and MLflow's table view) looks; scores after.
     per_response = {"proxy_reward": proxy} | {f"judge_{judge}": per_policy for judge, per_policy in scores.items()}
     samples = [
-        {"prompt": prompt, "sample": i % k, **{f"{name}_response": texts[name][i] for name in POLICIES}}
+        {"prompt": prompt, **{f"{name}_response": texts[name][i] for name in POLICIES}, "sample": i % k}
         | {f"{kind}_{name}": round(values[name][i], 4) for kind, values in per_response.items() for name in POLICIES}
         for i, prompt in enumerate(sampled_prompts)
     ]

@@ -47,10 +47,10 @@ class EvaluateConfig(_Section):
     num_prompts: int = Field(64, gt=0)
     """Evaluation prompts to use (from data/prepared/eval_prompts.jsonl)."""
     samples_per_prompt: int = Field(1, ge=1)
-    """Responses each policy samples for every prompt. The judges and the proxy reward score them all and average
-    each prompt's before the paired bootstrap, which resamples prompts: sampling noise is then a smaller part of the
-    interval's width. KL, perplexity, length and distinct-2 use each prompt's first response, so they mean the same
-    whatever this is."""
+    """Responses each policy samples for every prompt. The judges and the proxy reward score them all; each judge's
+    scores are averaged per prompt before the paired bootstrap, which resamples prompts, so sampling noise is a
+    smaller part of the interval's width. KL, perplexity, length and distinct-2 use each prompt's first response,
+    so they mean the same whatever this is."""
     generation: GenerationConfig = GenerationConfig()
     """Sampling settings shared by both policies; temperature > 0 and no top-k/top-p, because the KL that gates
     promotion is estimated from these samples."""
