@@ -12,7 +12,14 @@ from rlhf_lib.models.decoding import fast_sampling
 from rlhf_lib.ppo.core import logprobs_of_labels, response_mask_until_eos
 from rlhf_lib.ppo.environment import TextEnvironment
 from rlhf_lib.ppo.rollout import response_logits
+from rlhf_lib.precision import use_bf16
 from rlhf_lib.sampling import Sampling
+
+
+def sampling_autocast(model: PreTrainedModel, cfg: GenerationConfig) -> torch.autocast:
+    """bf16 autocast on the model's device where `cfg.bf16` resolves to bf16, else a no-op."""
+    device = next(model.parameters()).device
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.bf16))
 
 
 @torch.inference_mode()
@@ -40,7 +47,7 @@ def generate_responses(
             padding=True,
             padding_side="right" if encoder_decoder else "left",
         ).to(device)
-        with fast_sampling(model):
+        with fast_sampling(model), sampling_autocast(model, cfg):
             output = model.generate(**batch, **generate_kwargs)
         # A causal output repeats the prompt; a decoder's opens with its start token.
         responses = output[:, 1:] if encoder_decoder else output[:, batch["input_ids"].shape[1] :]
@@ -68,7 +75,8 @@ def generate_episodes(
     )
     texts, token_ids, masks = [], [], []
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="episodes", unit="batch"):
-        rollout = environment.run(model, tokenizer, prompts[start : start + cfg.batch_size], sampling)
+        with sampling_autocast(model, cfg):
+            rollout = environment.run(model, tokenizer, prompts[start : start + cfg.batch_size], sampling)
         responses = rollout.input_ids[:, rollout.prompt_width :]
         for row, mask, n in zip(responses, rollout.action_mask, rollout.response_lengths, strict=True):
             token_ids.append(row[:n].cpu())

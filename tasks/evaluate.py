@@ -18,7 +18,7 @@ from rlhf_lib.config import DataConfig, ModelConfig
 from rlhf_lib.data.formats import prompt_text
 from rlhf_lib.data.sources import load_rows
 from rlhf_lib.evaluation import distinct_n, paired_bootstrap_interval, win_rate
-from rlhf_lib.generation import generate_episodes, generate_responses, perplexity, sequence_kl
+from rlhf_lib.generation import generate_episodes, generate_responses, perplexity, sampling_autocast, sequence_kl
 from rlhf_lib.io import atomic_write_json
 from rlhf_lib.models.loading import load_language_model, load_tokenizer
 from rlhf_lib.rewards import checked_scores
@@ -59,10 +59,16 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
     first = {name: texts[name][::k] for name in POLICIES}
     first_ids = {name: ids[name][::k] for name in POLICIES}
     first_masks = {name: None if masks[name] is None else masks[name][::k] for name in POLICIES}
-    # Scored at the temperature the samples came from, so the estimate is unbiased for the KL between the two
-    # policies as they sample here (EvaluateConfig keeps top-k/top-p off for this reason).
+    # Scored at the temperature and precision the samples came from, so the estimate is unbiased for the KL between
+    # the two policies as they sample here (EvaluateConfig keeps top-k/top-p off for this reason).
     temperature = cfg.generation.temperature
-    kl = sequence_kl(ppo_model, sft_model, tokenizer, prompts, first_ids["ppo"], temperature, first_masks["ppo"])
+    with sampling_autocast(sft_model, cfg.generation):
+        kl = sequence_kl(ppo_model, sft_model, tokenizer, prompts, first_ids["ppo"], temperature, first_masks["ppo"])
+        # Fluency: how natural the SFT model (PPO's reference) finds each policy's responses; gibberish that a
+        # reward or judge happens to like shows as a perplexity far above the SFT policy's own.
+        perplexities = {
+            name: perplexity(sft_model, tokenizer, prompts, first_ids[name], first_masks[name]) for name in POLICIES
+        }
 
     reward = build_reward(params)
     proxy = {name: reward(sampled_prompts, texts[name]) for name in POLICIES}
@@ -81,11 +87,7 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
         metrics |= {f"eval/{name}_reward/{source}": mean(values) for source, values in proxy[name].components.items()}
         metrics[f"eval/{name}_response_words"] = mean(len(t.split()) for t in first[name])
         metrics[f"eval/{name}_distinct_2"] = distinct_n(first[name], 2)
-        # Fluency: how natural the SFT model (PPO's reference) finds each policy's responses; gibberish that a
-        # reward or judge happens to like shows as a perplexity far above the SFT policy's own.
-        metrics[f"eval/{name}_perplexity_under_sft"] = perplexity(
-            sft_model, tokenizer, prompts, first_ids[name], first_masks[name]
-        )
+        metrics[f"eval/{name}_perplexity_under_sft"] = perplexities[name]
     for judge, per_policy in scores.items():
         ppo, sft = per_prompt_means(per_policy["ppo"], k), per_prompt_means(per_policy["sft"], k)
         metrics |= judge_metrics(f"eval/judge/{judge}", ppo, sft, cfg.bootstrap_samples)

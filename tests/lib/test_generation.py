@@ -79,3 +79,16 @@ def test_perplexity_pools_response_tokens_as_the_models_own_loss_does(tiny_lm_di
     expected = float(np.exp(np.average(losses, weights=counts)))
     assert abs(perplexity(model, tokenizer, prompts, responses) - expected) < 1e-3 * expected
     assert perplexity(model, tokenizer, prompts[2:], responses[2:]) == float("inf")
+
+
+def test_sampling_precision_follows_the_generation_config_over_the_default(tiny_lm_dir, default_precision):
+    policy, _, tokenizer = _policy_and_reference(tiny_lm_dir, 0.0)
+    logits_dtypes = []
+    policy.lm_head.register_forward_hook(lambda module, args, out: logits_dtypes.append(out.dtype))
+    expected = {None: torch.bfloat16 if default_precision == "bf16" else torch.float32}
+    expected |= {True: torch.bfloat16, False: torch.float32}
+    for bf16, dtype in expected.items():
+        logits_dtypes.clear()
+        generation = GenerationConfig(max_new_tokens=3, temperature=1.0, batch_size=2, bf16=bf16)
+        texts, _ = generate_responses(policy, tokenizer, ["the movie was", "a terrible"], generation)
+        assert len(texts) == 2 and set(logits_dtypes) == {dtype}, bf16

@@ -1,4 +1,5 @@
-"""The `evaluate` stage on tiny models: several samples per prompt, each prompt's mean going into the bootstrap.
+"""The `evaluate` stage on tiny models: several samples per prompt, each prompt's mean going into the bootstrap,
+and the precision the policies sample and are scored in.
 
 The whole pipeline's evaluation (real judges, MLflow, DVC) is covered by the smoke runs; this checks the
 stage's arithmetic against figures recomputed here from reports/samples.json.
@@ -31,7 +32,7 @@ def response_chars(prompts: list[str], responses: list[str]) -> list[float]:
     return [float(len(response)) for response in responses]
 
 
-def _run(tmp_path, monkeypatch, tiny_lm_dir, samples_per_prompt: int | None):
+def _run(tmp_path, monkeypatch, tiny_lm_dir, samples_per_prompt: int | None, load_model=None):
     params = yaml.safe_load((REPO_ROOT / "profiles/smoke.yaml").read_text())
     params["reward_sources"] = [{"name": "chars", "kind": "function", "function": CHARS, "weight": 1.0}]
     params["judges"] = [
@@ -54,6 +55,8 @@ def _run(tmp_path, monkeypatch, tiny_lm_dir, samples_per_prompt: int | None):
     rows = [{"prompt": prompt, "reference": f"{prompt} and the acting was wonderful"} for prompt in PROMPTS]
     (tmp_path / "data/prepared/eval_prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "reports").mkdir()
+    if load_model is not None:
+        monkeypatch.setattr(evaluate, "load_language_model", load_model)
     metrics = evaluate.run(params_from_text(yaml.safe_dump(params)))
     return metrics, json.loads((tmp_path / "reports/samples.json").read_text())
 
@@ -92,3 +95,21 @@ def test_samples_per_prompt_must_be_positive(tmp_path, monkeypatch, tiny_lm_dir)
     with pytest.raises(ConfigError, match="evaluate.samples_per_prompt"):
         _run(tmp_path, monkeypatch, tiny_lm_dir, 0)
     assert not (tmp_path / "reports/samples.json").exists()
+
+
+def test_policies_sample_and_are_scored_in_the_precision_bf16_null_resolves_to(
+    tmp_path, monkeypatch, tiny_lm_dir, default_precision
+):
+    """Sampling, the KL and the perplexity all run the policies in one precision, so the KL is estimated on the
+    distribution the samples came from: bf16 autocast where `bf16: null` means bf16, else fp32."""
+    logits_dtypes = set()
+    load = evaluate.load_language_model
+
+    def load_recording(cfg):
+        model = load(cfg)
+        model.lm_head.register_forward_hook(lambda module, args, out: logits_dtypes.add(out.dtype))
+        return model
+
+    metrics, _ = _run(tmp_path, monkeypatch, tiny_lm_dir, 2, load_model=load_recording)
+    assert logits_dtypes == {torch.bfloat16 if default_precision == "bf16" else torch.float32}
+    assert metrics["eval/ppo_perplexity_under_sft"] > 1.0
