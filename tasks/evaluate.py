@@ -18,7 +18,14 @@ from rlhf_lib.config import DataConfig, ModelConfig
 from rlhf_lib.data.formats import prompt_text
 from rlhf_lib.data.sources import load_rows
 from rlhf_lib.evaluation import distinct_n, paired_bootstrap_interval, win_rate
-from rlhf_lib.generation import generate_episodes, generate_responses, perplexity, sampling_autocast, sequence_kl
+from rlhf_lib.generation import (
+    generate_episodes,
+    generate_responses,
+    perplexity,
+    sampling_autocast,
+    sampling_dtype,
+    sequence_kl,
+)
 from rlhf_lib.io import atomic_write_json
 from rlhf_lib.models.loading import load_language_model, load_tokenizer
 from rlhf_lib.rewards import checked_scores
@@ -43,7 +50,8 @@ def run(params: PipelineParams, sink=None) -> dict[str, float]:
     # Each prompt's k samples side by side: responses i*k .. i*k + k-1 answer prompt i.
     sampled_prompts = [prompt for prompt in prompts for _ in range(k)]
     references = [ref for ref in rows["reference"] for _ in range(k)] if "reference" in rows.column_names else None
-    sft_model, ppo_model = load_language_model(sft_cfg).eval(), load_language_model(ppo_cfg).eval()
+    dtype = sampling_dtype(cfg.generation)
+    sft_model, ppo_model = load_language_model(sft_cfg, dtype).eval(), load_language_model(ppo_cfg, dtype).eval()
     models = {"sft": sft_model, "ppo": ppo_model}
     environment = build_environment(params.environment)
     texts, ids, masks = {}, {}, {}

@@ -35,7 +35,7 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
         atomic_write_jsonl(POLICY_PAIRS_FILE, [])
         return {"pairs/skipped": 1.0}
     # Imported here: they load transformers' models (~4 s), which most recipes, skipping this stage, need not.
-    from rlhf_lib.generation import generate_responses
+    from rlhf_lib.generation import generate_responses, sampling_dtype
     from rlhf_lib.models.loading import load_language_model, load_tokenizer
     from tasks.reward import HELD_OUT_FRACTION
     from tasks.scoring import answer_metric
@@ -56,7 +56,8 @@ def run(params: PipelineParams, sink: MetricsSink | None = None) -> dict[str, fl
     tokenizer = load_tokenizer(policy)
     k = cfg.samples_per_prompt
     prompts = [prompt_text(row, tokenizer) for row in prompts_rows for _ in range(k)]
-    samples, _ = generate_responses(load_language_model(policy).eval(), tokenizer, prompts, cfg.generation)
+    model = load_language_model(policy, sampling_dtype(cfg.generation)).eval()
+    samples, _ = generate_responses(model, tokenizer, prompts, cfg.generation)
     references = [_answer(row["chosen"]) for row in prompts_rows]
     metric = answer_metric(cfg.metric, cfg.model or params.reward_model)
     scores = metric(samples, [reference for reference in references for _ in range(k)])

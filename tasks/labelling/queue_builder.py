@@ -14,7 +14,7 @@ from pathlib import Path
 from rlhf_lib.config import ConfigError, DataConfig, ModelConfig
 from rlhf_lib.data.formats import prompt_text
 from rlhf_lib.data.sources import load_rows
-from rlhf_lib.generation import generate_responses
+from rlhf_lib.generation import generate_responses, sampling_dtype
 from rlhf_lib.io import atomic_write_jsonl
 from rlhf_lib.models.loading import load_language_model, load_tokenizer
 from tasks.labelling.store import QUEUE_FILE, Pair, read_queue
@@ -53,7 +53,7 @@ def build_queue(params: PipelineParams, first: Path, second: Path, count: int, q
     prompts = [prompt_text(row, tokenizer) for row in rows]
     sides = {}
     for side, folder, seed in (("a", first, generation.seed), ("b", second, generation.seed + 1)):
-        model = load_language_model(ModelConfig(name_or_path=str(folder))).eval()
+        model = load_language_model(ModelConfig(name_or_path=str(folder)), sampling_dtype(generation)).eval()
         texts, _ = generate_responses(model, tokenizer, prompts, generation.model_copy(update={"seed": seed}))
         sides[side] = (texts, model_version(folder))
     queue = read_queue(queue_path) if queue_path.is_file() else []

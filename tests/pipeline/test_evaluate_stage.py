@@ -101,15 +101,17 @@ def test_policies_sample_and_are_scored_in_the_precision_bf16_null_resolves_to(
     tmp_path, monkeypatch, tiny_lm_dir, default_precision
 ):
     """Sampling, the KL and the perplexity all run the policies in one precision, so the KL is estimated on the
-    distribution the samples came from: bf16 autocast where `bf16: null` means bf16, else fp32."""
-    logits_dtypes = set()
+    distribution the samples came from: bf16 weights under bf16 autocast where `bf16: null` means bf16, else fp32."""
+    weight_dtypes, logits_dtypes = set(), set()
     load = evaluate.load_language_model
 
-    def load_recording(cfg):
-        model = load(cfg)
+    def load_recording(cfg, dtype):
+        model = load(cfg, dtype)
+        weight_dtypes.update(parameter.dtype for parameter in model.parameters())
         model.lm_head.register_forward_hook(lambda module, args, out: logits_dtypes.add(out.dtype))
         return model
 
     metrics, _ = _run(tmp_path, monkeypatch, tiny_lm_dir, 2, load_model=load_recording)
-    assert logits_dtypes == {torch.bfloat16 if default_precision == "bf16" else torch.float32}
+    expected = torch.bfloat16 if default_precision == "bf16" else torch.float32
+    assert weight_dtypes == logits_dtypes == {expected}
     assert metrics["eval/ppo_perplexity_under_sft"] > 1.0
