@@ -26,8 +26,9 @@ def sampling_dtype(cfg: GenerationConfig) -> torch.dtype:
     """The dtype to load a model's weights in for sampling under `cfg`: bf16 where it samples in bf16.
 
     Autocast would otherwise cast every fp32 weight again at each decoding step. SmolLM2-135M, 64 qa prompts, 24 new
-    tokens, 2-core AVX512-BF16 EPYC: 11.2-11.8 s in fp32, 7.8-9.8 s under autocast with fp32 weights, 5.9-6.2 s
-    with bf16 weights; scoring the answers (KL, perplexity) 6.4-7.1 s, 3.8-4.2 s and 3.4-3.6 s.
+    tokens, 2-core AVX512-BF16 EPYC, two processes each: 12.8-14.7 s in fp32, 9.1-9.6 s under autocast with fp32
+    weights, 6.5-6.8 s with bf16 weights; scoring the answers (as KL and perplexity do) 7.1-8.0 s, 3.7-4.7 s and
+    3.5-4.2 s.
     """
     return torch.bfloat16 if use_bf16(cfg.bf16) else torch.float32
 
