@@ -230,8 +230,9 @@ class GenerationConfig(_Config):
     """Sampling seed."""
     bf16: bool | None = None
     """Sample under bfloat16 autocast, from weights the stages load in bf16 (`rlhf_lib.generation.sampling_dtype`);
-    the evaluate stage scores KL and perplexity so too, to match its samples. None: on where bf16 matmuls are
-    fast, or as RLHF_DEFAULT_PRECISION says (bf16/fp32), see `rlhf_lib.precision`."""
+    the evaluate stage scores KL and perplexity so too, to match its samples. None: on where the device that samples
+    (the CPU, in the pipeline's stages) has fast bf16 matmuls, or as RLHF_DEFAULT_PRECISION says (bf16/fp32), see
+    `rlhf_lib.precision`."""
 
 
 C = TypeVar("C", bound=BaseModel)

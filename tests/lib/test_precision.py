@@ -7,7 +7,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rlhf_lib.config import ConfigError, LoraSettings, ModelConfig, PPOConfig, SFTConfig
+from rlhf_lib.config import ConfigError, GenerationConfig, LoraSettings, ModelConfig, PPOConfig, SFTConfig
+from rlhf_lib.generation import sampling_dtype
 from rlhf_lib.models import small_rows_linear
 from rlhf_lib.models.loading import load_causal_lm, load_tokenizer
 from rlhf_lib.models.value_head import AutoModelForCausalLMWithValueHead
@@ -70,6 +71,21 @@ def test_the_default_follows_the_environment_variable_then_the_hardware(monkeypa
     for amx in (True, False):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
         assert fast_bf16_available() is amx and use_bf16(None) is amx
+
+
+def test_a_device_type_asks_about_that_device(monkeypatch):
+    """With a bf16 GPU and a CPU without bf16 instructions, work that stays on the CPU (the stages that sample)
+    resolves `bf16: null` to fp32, and GPU work to bf16."""
+    monkeypatch.delenv(DEFAULT_PRECISION_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert use_bf16(None) is True and use_bf16(None, "cuda") is True
+    assert use_bf16(None, "cpu") is False and use_bf16(None, "mps") is False
+    assert sampling_dtype(GenerationConfig()) == torch.float32
+    assert sampling_dtype(GenerationConfig(), "cuda") == torch.bfloat16
+    assert sampling_dtype(GenerationConfig(bf16=True)) == torch.bfloat16
 
 
 def test_trainer_stages_use_eager_attention_only_in_bf16_on_a_cpu(tiny_lm_dir, tmp_path, default_precision):
